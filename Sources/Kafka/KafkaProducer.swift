@@ -1,0 +1,178 @@
+import CRdKafka
+import Foundation
+import Logging
+import Synchronization
+
+/// An idempotent Kafka producer whose `send` returns once the broker acknowledged the record.
+///
+/// Delivery reports are served by one dedicated thread calling `rd_kafka_poll`; each record
+/// carries an opaque pointer to the continuation waiting for it, so any number of sends can be
+/// in flight without a thread per record.
+public final class KafkaProducer: Sendable {
+    private let client: RDKafkaClient
+    private let pollThread: PollThread
+    private let state = Mutex(State.open)
+
+    private enum State { case open, closed }
+
+    /// Creates the producer and starts its delivery-report thread.
+    /// - Throws: ``KafkaError`` with code `configuration` naming a property librdkafka rejected.
+    public init(configuration: KafkaProducerConfiguration, logger: Logger) throws(KafkaError) {
+        let context = ClientContext(logger: logger)
+        self.client = try RDKafkaClient(type: RD_KAFKA_PRODUCER, properties: try configuration.properties(), context: context) { conf in
+            rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
+                guard let message, let opaque = message.pointee._private else { return }
+                let delivery = Unmanaged<PendingDelivery>.fromOpaque(opaque).takeRetainedValue()
+                let err = message.pointee.err
+                if err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    let topic = String(cString: rd_kafka_topic_name(message.pointee.rkt))
+                    delivery.continuation.resume(returning: KafkaDeliveryReport(
+                        topic: topic, partition: message.pointee.partition, offset: message.pointee.offset))
+                } else {
+                    delivery.continuation.resume(throwing: KafkaError.from(err, code: .delivery, context: "record not delivered"))
+                }
+            }
+        }
+        let client = self.client
+        self.pollThread = PollThread(name: "finch-jobs.producer") { stop in
+            while !stop() { rd_kafka_poll(client.pointer, 100) }
+        }
+    }
+
+    deinit {
+        close(timeout: .seconds(0))
+    }
+
+    /// Sends one record and returns where it was persisted.
+    /// - Throws: ``KafkaError`` `delivery` when the broker did not acknowledge it within the
+    ///   message timeout (or it was too large), `produce` when it could not be enqueued,
+    ///   `closed` after ``close(timeout:)``.
+    public func send(_ record: KafkaProducerRecord) async throws(KafkaError) -> KafkaDeliveryReport {
+        while true {
+            do {
+                return try await withCheckedThrowingContinuation { continuation in
+                    enqueue(record, continuation: continuation)
+                }
+            } catch let error as KafkaError where error.code == .queueFull {
+                // The local queue (queue.buffering.max.messages) is full: wait for deliveries.
+                try? await Task.sleep(for: .milliseconds(5))
+            } catch let error as KafkaError {
+                throw error
+            } catch {
+                throw KafkaError(code: .produce, message: "\(error)")
+            }
+        }
+    }
+
+    private func enqueue(_ record: KafkaProducerRecord, continuation: CheckedContinuation<KafkaDeliveryReport, any Error>) {
+        guard state.withLock({ $0 == .open }) else {
+            continuation.resume(throwing: KafkaError(code: .closed, message: "the producer is closed"))
+            return
+        }
+        let opaque = Unmanaged.passRetained(PendingDelivery(continuation)).toOpaque()
+        let err = produce(record, opaque: opaque)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            Unmanaged<PendingDelivery>.fromOpaque(opaque).release()
+            let code: KafkaError.Code = err == RD_KAFKA_RESP_ERR__QUEUE_FULL ? .queueFull : .produce
+            continuation.resume(throwing: KafkaError.from(err, code: code, context: "cannot produce to \(record.topic)"))
+        }
+    }
+
+    /// Calls `rd_kafka_produceva` with copies of key, value and headers (`RD_KAFKA_MSG_F_COPY`),
+    /// so no Swift buffer has to outlive the call.
+    private func produce(_ record: KafkaProducerRecord, opaque: UnsafeMutableRawPointer) -> rd_kafka_resp_err_t {
+        var headers: OpaquePointer? = nil
+        if !record.headers.isEmpty {
+            headers = rd_kafka_headers_new(record.headers.count)
+            for header in record.headers {
+                if let value = header.value {
+                    value.withUnsafeBytes { bytes in
+                        _ = rd_kafka_header_add(headers, header.key, -1, bytes.baseAddress, bytes.count)
+                    }
+                } else {
+                    _ = rd_kafka_header_add(headers, header.key, -1, nil, 0)
+                }
+            }
+        }
+        return record.topic.withCString { topic in
+            withOptionalBytes(record.key) { key in
+                withOptionalBytes(record.value) { value in
+                    var values = [rd_kafka_vu_t](repeating: rd_kafka_vu_t(), count: 7)
+                    values[0].vtype = RD_KAFKA_VTYPE_TOPIC
+                    values[0].u.cstr = topic
+                    values[1].vtype = RD_KAFKA_VTYPE_PARTITION
+                    values[1].u.i32 = record.partition ?? RD_KAFKA_PARTITION_UA
+                    values[2].vtype = RD_KAFKA_VTYPE_MSGFLAGS
+                    values[2].u.i = RD_KAFKA_MSG_F_COPY
+                    values[3].vtype = RD_KAFKA_VTYPE_KEY
+                    values[3].u.mem.ptr = UnsafeMutableRawPointer(mutating: key?.baseAddress)
+                    values[3].u.mem.size = key?.count ?? 0
+                    values[4].vtype = RD_KAFKA_VTYPE_VALUE
+                    values[4].u.mem.ptr = UnsafeMutableRawPointer(mutating: value?.baseAddress)
+                    values[4].u.mem.size = value?.count ?? 0
+                    values[5].vtype = RD_KAFKA_VTYPE_OPAQUE
+                    values[5].u.ptr = opaque
+                    var count = 6
+                    if let headers {
+                        values[6].vtype = RD_KAFKA_VTYPE_HEADERS
+                        values[6].u.headers = headers
+                        count = 7
+                    }
+                    guard let error = rd_kafka_produceva(client.pointer, values, count) else {
+                        return RD_KAFKA_RESP_ERR_NO_ERROR  // librdkafka now owns the headers
+                    }
+                    if let headers { rd_kafka_headers_destroy(headers) }
+                    let code = rd_kafka_error_code(error)
+                    rd_kafka_error_destroy(error)
+                    return code
+                }
+            }
+        }
+    }
+
+    /// Waits until every record sent so far has its delivery report.
+    /// - Returns: `false` when some are still outstanding after `timeout`.
+    @discardableResult
+    public func flush(timeout: Duration) -> Bool {
+        rd_kafka_flush(client.pointer, Int32(clamping: timeout.milliseconds)) == RD_KAFKA_RESP_ERR_NO_ERROR
+    }
+
+    /// Flushes within `timeout`, fails every record still outstanding (its `send` throws),
+    /// and releases the client. Idempotent.
+    public func close(timeout: Duration = .seconds(10)) {
+        let wasOpen = state.withLock { state in
+            defer { state = .closed }
+            return state == .open
+        }
+        guard wasOpen else { return }
+        if !flush(timeout: timeout) {
+            client.context.logger.warning("producer closed with records not yet acknowledged; their senders get an error")
+        }
+        pollThread.stop()
+        // Fail what is still queued or in flight, then serve those delivery reports so every
+        // waiting `send` resumes before the handle goes away.
+        rd_kafka_purge(client.pointer, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+        rd_kafka_poll(client.pointer, 0)
+        _ = rd_kafka_flush(client.pointer, 1_000)
+        client.destroy()
+    }
+
+    /// The number of records waiting for their delivery report.
+    public var outstandingCount: Int {
+        Int(rd_kafka_outq_len(client.pointer))
+    }
+}
+
+/// The continuation of one `send`, passed to librdkafka as the record's opaque pointer.
+private final class PendingDelivery: Sendable {
+    let continuation: CheckedContinuation<KafkaDeliveryReport, any Error>
+    init(_ continuation: CheckedContinuation<KafkaDeliveryReport, any Error>) {
+        self.continuation = continuation
+    }
+}
+
+@inline(__always)
+func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeRawBufferPointer?) -> R) -> R {
+    guard let bytes else { return body(nil) }
+    return bytes.withUnsafeBytes { body($0) }
+}

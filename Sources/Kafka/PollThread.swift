@@ -1,0 +1,40 @@
+import Foundation
+import Synchronization
+
+/// A dedicated OS thread running a blocking librdkafka loop, so blocking C calls never occupy
+/// Swift concurrency's cooperative pool.
+final class PollThread: Sendable {
+    private final class Flag: Sendable {
+        let stop = Atomic<Bool>(false)
+    }
+
+    private let flag = Flag()
+    private let finished = DispatchSemaphore(value: 0)
+
+    /// Starts `body` on a new thread; `body` polls until its argument returns `true`.
+    init(name: String, body: @escaping @Sendable (_ shouldStop: () -> Bool) -> Void) {
+        let thread = Thread { [flag, finished] in
+            body { flag.stop.load(ordering: .acquiring) }
+            finished.signal()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    /// Asks the loop to stop and waits until it has returned. Idempotent.
+    func stop() {
+        requestStop()
+        join()
+    }
+
+    /// Asks the loop to stop without waiting.
+    func requestStop() {
+        flag.stop.store(true, ordering: .releasing)
+    }
+
+    /// Waits until the loop has returned.
+    func join() {
+        finished.wait()
+        finished.signal()
+    }
+}

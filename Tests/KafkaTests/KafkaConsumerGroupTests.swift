@@ -1,0 +1,116 @@
+import Foundation
+import Kafka
+import Synchronization
+import TestSupport
+import Testing
+
+@Suite("Consumer groups, rebalances and stored offsets", .timeLimit(.minutes(3)))
+struct KafkaConsumerGroupTests {
+    /// Produces `count` records spread over the topic's partitions; returns the end offset
+    /// (next offset) of each partition.
+    func produce(_ count: Int, to topic: String, on cluster: KafkaMockCluster) async throws -> [Int32: Int64] {
+        let producer = try cluster.producer()
+        defer { producer.close() }
+        return try await withThrowingTaskGroup(of: KafkaDeliveryReport.self) { group in
+            for index in 0..<count {
+                group.addTask {
+                    try await producer.send(KafkaProducerRecord(topic: topic, key: Array("k\(index)".utf8), value: Array("\(index)".utf8)))
+                }
+            }
+            var ends: [Int32: Int64] = [:]
+            for try await report in group { ends[report.partition] = max(ends[report.partition] ?? 0, report.offset + 1) }
+            return ends
+        }
+    }
+
+    @Test("Two members split the partitions; when one leaves, the other resumes after its last stored offset")
+    func groupSplitsAndResumes() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("group")
+        try cluster.createTopic(topic, partitions: 4)
+        let ends = try await produce(2_000, to: topic, on: cluster)
+        let group = uniqueName("members")
+
+        let first = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        let second = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        try await waitUntil("both members assigned and all records read") {
+            let a = first.snapshot, b = second.snapshot
+            return !a.assigned.isEmpty && !b.assigned.isEmpty && a.assigned.count + b.assigned.count == 4
+                && a.records.count + b.records.count == 2_000
+        }
+        let firstSeen = first.snapshot, secondSeen = second.snapshot
+        #expect(firstSeen.assigned.isDisjoint(with: secondSeen.assigned))
+        #expect(Set(firstSeen.records.map(\.topicPartition)).isSubset(of: firstSeen.assigned))
+
+        // The first member finished only the first half of each of its partitions; the
+        // second finished everything.
+        var firstStored: [TopicPartition: Int64] = [:]
+        for partition in firstSeen.assigned {
+            let offsets = firstSeen.records.filter { $0.topicPartition == partition }.map(\.offset).sorted()
+            firstStored[partition] = offsets.isEmpty ? 0 : offsets[offsets.count / 2]
+        }
+        var secondStored: [TopicPartition: Int64] = [:]
+        for partition in secondSeen.assigned { secondStored[partition] = ends[partition.partition] ?? 0 }
+        #expect(first.consumer.storeOffsets(firstStored).isEmpty)
+        #expect(second.consumer.storeOffsets(secondStored).isEmpty)
+        let recordsBefore = secondSeen.records.count
+
+        await first.close()
+        try await waitUntil("the second member owns every partition and read the unfinished records") {
+            let seen = second.snapshot
+            let expected = firstStored.reduce(0) { $0 + Int((ends[$1.key.partition] ?? 0) - $1.value) }
+            return seen.assigned.count == 4 && seen.records.count - recordsBefore >= expected
+        }
+        let resumed = second.snapshot.records.dropFirst(recordsBefore)
+        // Exactly the records after each stored offset: nothing skipped, nothing repeated.
+        for (partition, stored) in firstStored {
+            let offsets = resumed.filter { $0.topicPartition == partition }.map(\.offset)
+            #expect(offsets == Array(stored..<(ends[partition.partition] ?? 0)), "partition \(partition)")
+        }
+        #expect(resumed.allSatisfy { firstStored[$0.topicPartition] != nil }, "no record of the second member's own partitions repeated")
+        await second.close()
+    }
+
+    @Test("The revoke hook runs before partitions move, and offsets stored in it are committed")
+    func revokeHookRunsFirstAndCommits() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("revoke")
+        try cluster.createTopic(topic, partitions: 4)
+        let ends = try await produce(400, to: topic, on: cluster)
+        let group = uniqueName("revokers")
+        let order = Locked<[String]>([])
+
+        let first = ConsumerDriver(try cluster.consumer(group: group, topics: [topic])) { revoked, seen in
+            order.withLock { $0.append("revoke-start") }
+            // Store the end of what this member read of each revoked partition.
+            var offsets: [TopicPartition: Int64] = [:]
+            for record in seen.records where revoked.contains(record.topicPartition) {
+                offsets[record.topicPartition] = max(offsets[record.topicPartition] ?? 0, record.offset + 1)
+            }
+            _ = seenConsumer.withLock { $0 }?.storeOffsets(offsets)
+            order.withLock { $0.append("revoke-done") }
+        }
+        seenConsumer.withLock { $0 = first.consumer }
+        try await waitUntil("first member read everything") { first.snapshot.records.count == 400 && first.snapshot.assigned.count == 4 }
+
+        let second = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        try await waitUntil("partitions moved to the second member") { !second.snapshot.assigned.isEmpty }
+        order.withLock { $0.append("second-assigned") }
+        let moved = second.snapshot.assigned
+        #expect(order.withLock { $0 } == ["revoke-start", "revoke-done", "second-assigned"])
+        #expect(first.snapshot.revocations.flatMap { $0 }.sorted() == moved.sorted())
+
+        // The moved partitions' offsets were committed at unassign: the second member reads
+        // nothing old from them, and the group's committed offsets are the ends.
+        let committed = try second.consumer.committed(Array(moved))
+        for partition in moved { #expect(committed[partition] == ends[partition.partition]) }
+        _ = try await produce(40, to: topic, on: cluster)
+        try await waitUntil("new records arrive") { first.snapshot.records.count + second.snapshot.records.count >= 440 }
+        #expect(second.snapshot.records.allSatisfy { $0.offset >= ends[$0.partition]! }, "no record read twice")
+        await first.close()
+        await second.close()
+    }
+}
+
+/// The first member's consumer, for its revoke hook (set once before any rebalance can run).
+private let seenConsumer = Locked<KafkaConsumer?>(nil)

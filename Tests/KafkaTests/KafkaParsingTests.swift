@@ -1,0 +1,36 @@
+import Foundation
+import Testing
+@testable import Kafka
+
+@Suite("Parsing librdkafka's statistics and log lines")
+struct KafkaParsingTests {
+    @Test("Consumer lag is read per assigned partition; the internal partition -1 is skipped")
+    func statistics() throws {
+        let json = """
+        {"name":"c#consumer-1","topics":{"finch.refresh-requested":{"partitions":{
+          "0":{"partition":0,"consumer_lag":12},
+          "1":{"partition":1,"consumer_lag":-1},
+          "-1":{"partition":-1,"consumer_lag":-1}}}}}
+        """
+        let statistics = try #require(KafkaStatistics(json: Data(json.utf8)))
+        #expect(statistics.consumerLag == [TopicPartition(topic: "finch.refresh-requested", partition: 0): 12])
+        #expect(KafkaStatistics(json: Data("not json".utf8)) == nil)
+    }
+
+    @Test("An offset reset line names its topic and partition")
+    func offsetReset() throws {
+        let line = "finch.w4-changed [3]: offset reset (at offset 10436673 (leader epoch 122), broker 70) to offset BEGINNING (leader epoch -1): fetch failed due to requested offset not available on the broker: Broker: Offset out of range"
+        let reset = try #require(KafkaOffsetReset(logLine: line))
+        #expect(reset.topicPartition == TopicPartition(topic: "finch.w4-changed", partition: 3))
+        #expect(KafkaOffsetReset(logLine: "[thrd:main]: a.b [0]: offset reset (at offset 5, broker 1) to END")?.topicPartition
+            == TopicPartition(topic: "a.b", partition: 0))
+        #expect(KafkaOffsetReset(logLine: "Fetch backoff for 500ms") == nil)
+    }
+
+    @Test("Durations become librdkafka milliseconds")
+    func milliseconds() {
+        #expect(Duration.seconds(2).milliseconds == 2_000)
+        #expect(Duration.milliseconds(250).milliseconds == 250)
+        #expect(Duration.microseconds(1_500).milliseconds == 1)
+    }
+}
