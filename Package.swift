@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.24.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
         // librdkafka 2.0.2 from Debian's librdkafka-dev; only the Kafka module imports it.
@@ -45,7 +46,9 @@ let package = Package(
             dependencies: [
                 "FinchAPI",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -76,10 +79,28 @@ let package = Package(
             ]
         ),
         // Helpers shared by the test targets: waiting for conditions, locks, unique names.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                "FinchSandbox",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Tests/TestSupport"
+        ),
         .testTarget(
             name: "KafkaTests",
             dependencies: ["Kafka", "TestSupport"]
+        ),
+        .testTarget(
+            name: "FinchAPITests",
+            dependencies: [
+                "FinchAPI",
+                "FinchSandbox",
+                "TestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
         ),
         // Runs the built `finch-jobs` binary as a child process (`swift build` first).
         .testTarget(name: "CommandTests", dependencies: ["TestSupport"]),

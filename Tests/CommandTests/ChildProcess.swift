@@ -117,10 +117,11 @@ func run(_ executable: String, _ arguments: [String], input: String? = nil, time
     stdout.fileHandleForReading.readabilityHandler = nil
     let rest = stdout.fileHandleForReading.readDataToEndOfFile()
     collected.withLock { $0.append(rest) }
+    let output = String(decoding: collected.value, as: UTF8.self)
     guard process.terminationStatus == 0 else {
-        throw ChildProcessError("\(executable) exited with \(process.terminationStatus)")
+        throw ChildProcessError("\(executable) exited with \(process.terminationStatus): \(output.suffix(2_000))")
     }
-    return String(decoding: collected.value, as: UTF8.self)
+    return output
 }
 
 func which(_ name: String) throws -> String {

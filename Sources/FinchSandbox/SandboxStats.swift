@@ -1,0 +1,33 @@
+/// What the sandbox counted, as `GET /sandbox/stats` reports it.
+public struct SandboxStats: Sendable, Codable, Hashable {
+    /// Every request, any route.
+    public var requests = 0
+    /// `POST /jobs/automated` calls.
+    public var enqueueCalls = 0
+    /// Enqueue calls by HTTP status ("201", "429", …; "dropped" for dropped connections).
+    public var enqueueByStatus: [String: Int] = [:]
+    /// Enqueue calls by connection, then by status.
+    public var enqueueByConnection: [String: [String: Int]] = [:]
+    /// Enqueue calls being answered now, and the most at once.
+    public var inFlight = 0
+    public var peakInFlight = 0
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case requests, enqueueCalls = "enqueue_calls", enqueueByStatus = "enqueue_by_status"
+        case enqueueByConnection = "enqueue_by_connection", inFlight = "in_flight", peakInFlight = "peak_in_flight"
+    }
+
+    /// Calls that got `status` ("201", "202", …), for one connection or all.
+    public func calls(status: String, connection: String? = nil) -> Int {
+        if let connection { return enqueueByConnection[connection]?[status] ?? 0 }
+        return enqueueByStatus[status] ?? 0
+    }
+
+    mutating func record(status: String, connection: String) {
+        enqueueCalls += 1
+        enqueueByStatus[status, default: 0] += 1
+        enqueueByConnection[connection, default: [:]][status, default: 0] += 1
+    }
+}

@@ -1,0 +1,31 @@
+import Foundation
+
+/// The tokens file: a JSON object `{"<connection_id>": "<access_token>"}`.
+public enum TokensFile {
+    public struct LoadError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Reads and validates the file.
+    /// - Throws: ``LoadError`` naming the file and what is wrong with it (never a token).
+    public static func load(path: String) throws(LoadError) -> [String: String] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw LoadError(description: "cannot read the tokens file \(path)")
+        }
+        return try parse(data, path: path)
+    }
+
+    public static func parse(_ data: Data, path: String) throws(LoadError) -> [String: String] {
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw LoadError(description: "the tokens file \(path) must be a JSON object {\"<connection_id>\": \"<access_token>\"}")
+        }
+        var tokens: [String: String] = [:]
+        for (connection, value) in object {
+            guard let token = value as? String, !token.isEmpty, !connection.isEmpty else {
+                throw LoadError(description: "the tokens file \(path) has an entry for \"\(connection)\" that is not a non-empty string")
+            }
+            tokens[connection] = token
+        }
+        return tokens
+    }
+}

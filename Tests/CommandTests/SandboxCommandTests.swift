@@ -1,0 +1,32 @@
+import Foundation
+import TestSupport
+import Testing
+
+@Suite("finch-jobs sandbox under Finch's official Python SDK", .timeLimit(.minutes(2)))
+struct SandboxCommandTests {
+    @Test("finch-api in strict mode creates both job types, tells 201 from 202, retrieves, lists, and parses 401/404/429")
+    func officialSDK() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("sandbox"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let tokens = directory.appendingPathComponent("tokens.json")
+        try Data(#"{"c-1":"token-one","c-2":"token-two"}"#.utf8).write(to: tokens)
+
+        let sandbox = try ChildProcess(try finchJobsBinary(), [
+            "sandbox", "--port", "0", "--tokens-file", tokens.path, "--job-duration", "500ms", "--log-level", "warning",
+        ])
+        let url = String(try await sandbox.waitForLine { $0.hasPrefix("url=") }.dropFirst("url=".count))
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("sdk/finch_sdk_check.py")
+        let output = try await run("python3", [script.path, url, "token-one", "token-two"], timeout: .seconds(60))
+        #expect(output.trimmingCharacters(in: .whitespacesAndNewlines).hasSuffix("ok"), "\(output)")
+        sandbox.signal(SIGTERM)
+        #expect(try await sandbox.waitForExit() == 0)
+    }
+
+    @Test("A bad option stops startup with one sentence naming it")
+    func badOption() async throws {
+        let sandbox = try ChildProcess(try finchJobsBinary(), ["sandbox", "--tokens-file", "/nonexistent", "--failure-rate", "2"])
+        #expect(try await sandbox.waitForExit() != 0)
+        #expect(sandbox.stderrText.contains("--failure-rate must be between 0 and 1"))
+    }
+}

@@ -1,0 +1,83 @@
+"""Drives the sandbox with Finch's official Python SDK in strict mode.
+
+Usage: finch_sdk_check.py BASE_URL TOKEN OTHER_TOKEN
+Every response must parse under strict response validation (a missing required key, an
+unknown enum value or an unparseable date fails). Prints "ok" and exits 0 when all pass.
+"""
+import sys
+import time
+
+import finch
+
+base_url, token, other_token = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+def client(access_token):
+    return finch.Finch(access_token=access_token, base_url=base_url,
+                       _strict_response_validation=True, max_retries=0)
+
+
+def check(condition, what):
+    if not condition:
+        print("FAILED:", what)
+        sys.exit(1)
+
+
+c = client(token)
+
+# 201 then 202: the same model; only the status code tells them apart.
+first = c.jobs.automated.with_raw_response.create(type="data_sync_all")
+created = first.parse()
+check(first.status_code == 201, "first data_sync_all is 201")
+check(first.headers.get("finch-request-id"), "Finch-Request-Id header")
+second = c.jobs.automated.with_raw_response.create(type="data_sync_all")
+check(second.status_code == 202, "second data_sync_all while running is 202")
+check(second.parse().job_id == created.job_id, "202 returns the running job")
+check(second.parse().remaining_refreshes == created.remaining_refreshes, "202 uses no quota")
+
+w4 = c.jobs.automated.with_raw_response.create(type="w4_form_employee_sync", params={"individual_id": "i-9"})
+check(w4.status_code == 201, "w4 job created")
+
+job = c.jobs.automated.retrieve(created.job_id)
+check(job.job_id == created.job_id and job.type == "data_sync_all", "retrieve")
+check(job.status in ("pending", "in_progress"), "new job is pending or in progress")
+
+listed = c.jobs.automated.list(limit=10, offset=0)
+check([j.job_id for j in listed.data] == [w4.parse().job_id, created.job_id], "list newest first")
+check(listed.meta.quotas.data_sync_all.allowed_refreshes == created.allowed_refreshes, "list quota")
+
+# Wait (with a deadline) for the job to finish, then the quota answers 429 with retry_at.
+deadline = time.monotonic() + 20
+while c.jobs.automated.retrieve(created.job_id).status in ("pending", "in_progress"):
+    check(time.monotonic() < deadline, "job completes within 20 s")
+    time.sleep(0.05)
+check(c.jobs.automated.retrieve(created.job_id).completed_at is not None, "completed_at set")
+try:
+    c.jobs.automated.create(type="data_sync_all")
+    check(False, "quota exhausted gives 429")
+except finch.RateLimitError as error:
+    check(error.status_code == 429, "429 status")
+    check(error.body.get("retry_at"), "429 carries retry_at")
+
+try:
+    client("not-a-token").jobs.automated.create(type="data_sync_all")
+    check(False, "unknown token gives 401")
+except finch.AuthenticationError as error:
+    check(error.body.get("name") == "invalid_token_error", "401 name")
+
+try:
+    c.jobs.automated.retrieve("no-such-job")
+    check(False, "unknown job gives 404")
+except finch.NotFoundError as error:
+    check(error.body.get("name") == "not_found_error", "404 name")
+
+try:
+    c.jobs.automated.create(type="w4_form_employee_sync", params={})
+    check(False, "w4 without individual gives 400")
+except finch.BadRequestError as error:
+    check(error.body.get("name") == "bad_request", "400 name")
+
+# Another connection's quota is independent.
+check(client(other_token).jobs.automated.with_raw_response.create(type="data_sync_all").status_code == 201,
+      "another connection is not limited")
+print("ok")
