@@ -80,6 +80,9 @@ public struct KafkaConsumerConfiguration: Sendable {
         "group.id", "enable.auto.offset.store", "enable.auto.commit", "enable.partition.eof",
     ]
 
+    /// Whether a librdkafka property is set by this binding and may not be overridden.
+    public static func isManaged(_ key: String) -> Bool { managedProperties.contains(key) }
+
     func properties() throws(KafkaError) -> [(String, String)] {
         var pairs = client.commonProperties()
         pairs += [
@@ -115,6 +118,9 @@ public struct KafkaProducerConfiguration: Sendable {
     }
 
     static let managedProperties: Set<String> = ["enable.idempotence"]
+
+    /// Whether a librdkafka property is set by this binding and may not be overridden.
+    public static func isManaged(_ key: String) -> Bool { managedProperties.contains(key) }
 
     func properties() throws(KafkaError) -> [(String, String)] {
         var pairs = client.commonProperties()

@@ -26,10 +26,10 @@ public final class KafkaProducer: Sendable {
                 let err = message.pointee.err
                 if err == RD_KAFKA_RESP_ERR_NO_ERROR {
                     let topic = String(cString: rd_kafka_topic_name(message.pointee.rkt))
-                    delivery.continuation.resume(returning: KafkaDeliveryReport(
-                        topic: topic, partition: message.pointee.partition, offset: message.pointee.offset))
+                    delivery.complete(.success(KafkaDeliveryReport(
+                        topic: topic, partition: message.pointee.partition, offset: message.pointee.offset)))
                 } else {
-                    delivery.continuation.resume(throwing: KafkaError.from(err, code: .delivery, context: "record not delivered"))
+                    delivery.complete(.failure(KafkaError.from(err, code: .delivery, context: "record not delivered")))
                 }
             }
         }
@@ -49,33 +49,43 @@ public final class KafkaProducer: Sendable {
     ///   `closed` after ``close(timeout:)``.
     public func send(_ record: KafkaProducerRecord) async throws(KafkaError) -> KafkaDeliveryReport {
         while true {
-            do {
-                return try await withCheckedThrowingContinuation { continuation in
-                    enqueue(record, continuation: continuation)
+            let result = await withCheckedContinuation { continuation in
+                if let error = enqueue(record, onDelivery: { continuation.resume(returning: $0) }) {
+                    continuation.resume(returning: .failure(error))
                 }
-            } catch let error as KafkaError where error.code == .queueFull {
+            }
+            switch result {
+            case .success(let report):
+                return report
+            case .failure(let error) where error.code == .queueFull:
                 // The local queue (queue.buffering.max.messages) is full: wait for deliveries.
                 try? await Task.sleep(for: .milliseconds(5))
-            } catch let error as KafkaError {
+            case .failure(let error):
                 throw error
-            } catch {
-                throw KafkaError(code: .produce, message: "\(error)")
             }
         }
     }
 
-    private func enqueue(_ record: KafkaProducerRecord, continuation: CheckedContinuation<KafkaDeliveryReport, any Error>) {
+    /// Enqueues one record; `onDelivery` runs once, on the delivery-report thread, when the
+    /// broker acknowledged it or it failed. Keep `onDelivery` short: it delays other reports.
+    /// - Returns: an error (and `onDelivery` is never called) when the record could not be
+    ///   enqueued: `queueFull` (try again later), `closed`, or `produce`.
+    public func send(_ record: KafkaProducerRecord, onDelivery: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void) -> KafkaError? {
+        enqueue(record, onDelivery: onDelivery)
+    }
+
+    private func enqueue(_ record: KafkaProducerRecord, onDelivery: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void) -> KafkaError? {
         guard state.withLock({ $0 == .open }) else {
-            continuation.resume(throwing: KafkaError(code: .closed, message: "the producer is closed"))
-            return
+            return KafkaError(code: .closed, message: "the producer is closed")
         }
-        let opaque = Unmanaged.passRetained(PendingDelivery(continuation)).toOpaque()
+        let opaque = Unmanaged.passRetained(PendingDelivery(onDelivery)).toOpaque()
         let err = produce(record, opaque: opaque)
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             Unmanaged<PendingDelivery>.fromOpaque(opaque).release()
             let code: KafkaError.Code = err == RD_KAFKA_RESP_ERR__QUEUE_FULL ? .queueFull : .produce
-            continuation.resume(throwing: KafkaError.from(err, code: code, context: "cannot produce to \(record.topic)"))
+            return KafkaError.from(err, code: code, context: "cannot produce to \(record.topic)")
         }
+        return nil
     }
 
     /// Calls `rd_kafka_produceva` with copies of key, value and headers (`RD_KAFKA_MSG_F_COPY`),
@@ -163,11 +173,11 @@ public final class KafkaProducer: Sendable {
     }
 }
 
-/// The continuation of one `send`, passed to librdkafka as the record's opaque pointer.
+/// What to do with one record's delivery report, passed to librdkafka as its opaque pointer.
 private final class PendingDelivery: Sendable {
-    let continuation: CheckedContinuation<KafkaDeliveryReport, any Error>
-    init(_ continuation: CheckedContinuation<KafkaDeliveryReport, any Error>) {
-        self.continuation = continuation
+    let complete: @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void
+    init(_ complete: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void) {
+        self.complete = complete
     }
 }
 

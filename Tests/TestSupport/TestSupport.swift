@@ -1,15 +1,5 @@
 import Foundation
-import Synchronization
-
-/// A `Mutex` that closures and tasks can share.
-public final class Locked<Value>: Sendable where Value: Sendable {
-    private let mutex: Mutex<Value>
-    public init(_ value: Value) { mutex = Mutex(value) }
-    public func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        try mutex.withLock { try body(&$0) }
-    }
-    public var value: Value { mutex.withLock { $0 } }
-}
+@_exported import JobsWorker
 
 public struct Timeout: Error, CustomStringConvertible {
     public let what: String

@@ -1,0 +1,143 @@
+import FinchAPI
+import Foundation
+import Kafka
+
+/// One result record (`schemas/job-result.v1.json`): what happened for a job key, and every
+/// event id it answers.
+public struct JobResult: Codable, Sendable, Hashable {
+    public struct ErrorInfo: Codable, Sendable, Hashable {
+        public var code: String
+        public var message: String
+    }
+
+    public var type: String
+    public var resultID: String
+    public var connectionID: String
+    public var jobType: String
+    public var individualID: String?
+    public var eventIDs: [String]
+    public var jobID: String?
+    public var jobURL: String?
+    public var allowedRefreshes: Int?
+    public var remainingRefreshes: Int?
+    public var retryAt: String?
+    public var error: ErrorInfo?
+    public var decidedBy: String
+    public var finchStatus: Int?
+    public var finchRequestID: String?
+    public var attempts: Int
+    public var occurredAt: String
+
+    enum CodingKeys: String, CodingKey {
+        case type, resultID = "result_id", connectionID = "connection_id", jobType = "job_type"
+        case individualID = "individual_id", eventIDs = "event_ids", jobID = "job_id", jobURL = "job_url"
+        case allowedRefreshes = "allowed_refreshes", remainingRefreshes = "remaining_refreshes", retryAt = "retry_at"
+        case error, decidedBy = "decided_by", finchStatus = "finch_status", finchRequestID = "finch_request_id"
+        case attempts, occurredAt = "occurred_at"
+    }
+
+    /// The result types, as `type` and `ce_type` carry them.
+    public static let types = ["job.created", "job.reused", "job.rate_limited", "job.failed"]
+
+    /// Builds the result answering `eventIDs` of `key` with `answer`.
+    /// - Parameter finch: the last Finch response, when Finch decided.
+    public init(key: JobKey, eventIDs: [String], answer: JobAnswer, decidedBy: DecidedBy, finch: FinchEnqueueResult? = nil, attempts: Int, at now: Date) {
+        self.resultID = UUID().uuidString.lowercased()
+        self.connectionID = key.connectionID
+        self.jobType = key.jobType
+        self.individualID = key.individualID
+        self.eventIDs = eventIDs
+        self.decidedBy = decidedBy.rawValue
+        self.attempts = attempts
+        self.occurredAt = FinchDate.format(now)
+        if decidedBy == .finch, let finch {
+            self.finchStatus = finch.status
+            self.finchRequestID = finch.requestID
+            self.allowedRefreshes = finch.allowedRefreshes
+            self.remainingRefreshes = finch.remainingRefreshes
+        }
+        switch answer {
+        case .created(let job):
+            type = "job.created"
+            jobID = job.jobID
+            jobURL = job.jobURL
+        case .reused(let job):
+            type = "job.reused"
+            jobID = job.jobID
+            jobURL = job.jobURL
+        case .rateLimited(let retryAt, let lastJob):
+            type = "job.rate_limited"
+            self.retryAt = FinchDate.format(retryAt)
+            jobID = lastJob?.jobID
+            jobURL = lastJob?.jobURL
+        case .failed(let code, let message):
+            type = "job.failed"
+            error = ErrorInfo(code: code, message: message)
+        }
+    }
+
+    /// The Kafka record: keyed by connection, JSON value, CloudEvents binary-mode headers.
+    public func record(topic: String, source: String) -> KafkaProducerRecord {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let value = (try? encoder.encode(self)).map(Array.init) ?? []
+        return KafkaProducerRecord(
+            topic: topic,
+            key: Array(connectionID.utf8),
+            value: value,
+            headers: [
+                KafkaHeader(key: "ce_specversion", string: "1.0"),
+                KafkaHeader(key: "ce_id", string: resultID),
+                KafkaHeader(key: "ce_type", string: type),
+                KafkaHeader(key: "ce_source", string: source),
+                KafkaHeader(key: "ce_subject", string: connectionID),
+                KafkaHeader(key: "ce_time", string: occurredAt),
+                KafkaHeader(key: "content-type", string: "application/json"),
+            ]
+        )
+    }
+}
+
+extension JobAnswer {
+    /// The answer for a Finch call's final result; `attempts` > 1 turns a transient failure
+    /// into `retries_exhausted`.
+    init(_ result: FinchEnqueueResult, attempts: Int) {
+        switch result.outcome {
+        case .created(let job): self = .created(job)
+        case .reused(let job): self = .reused(job)
+        case .rateLimited(let retryAt, let lastJob): self = .rateLimited(retryAt: retryAt, lastJob: lastJob)
+        case .failed(let error):
+            if error.isRetriable {
+                self = .failed(code: "retries_exhausted", message: "gave up after \(attempts) attempt(s); last: \(error)")
+            } else {
+                let code = switch error.code {
+                case .badRequest: "bad_request"
+                case .unauthorized: "unauthorized"
+                case .reauthenticationRequired: "reauthentication_required"
+                case .forbidden: "forbidden"
+                case .notFound: "not_found"
+                case .undecodableBody: "invalid_finch_response"
+                default: "unexpected_status"
+                }
+                self = .failed(code: code, message: error.description)
+            }
+        }
+    }
+}
+
+/// Builds dead-letter records: the original key and bytes unchanged, the original headers,
+/// and headers saying why and where from.
+public enum DeadLetter {
+    public static func record(for original: KafkaRecord, reason: DeadLetterReason, topic: String) -> KafkaProducerRecord {
+        var headers = original.headers
+        headers.append(KafkaHeader(key: "finch-jobs.error.reason", string: reason.code))
+        headers.append(KafkaHeader(key: "finch-jobs.error.message", string: reason.message))
+        headers.append(KafkaHeader(key: "finch-jobs.original.topic", string: original.topic))
+        headers.append(KafkaHeader(key: "finch-jobs.original.partition", string: "\(original.partition)"))
+        headers.append(KafkaHeader(key: "finch-jobs.original.offset", string: "\(original.offset)"))
+        if let timestamp = original.timestampMilliseconds {
+            headers.append(KafkaHeader(key: "finch-jobs.original.timestamp", string: "\(timestamp)"))
+        }
+        return KafkaProducerRecord(topic: topic, key: original.key, value: original.value, headers: headers)
+    }
+}

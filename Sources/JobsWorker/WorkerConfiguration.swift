@@ -1,0 +1,89 @@
+import FinchAPI
+import Kafka
+
+/// Everything `finch-jobs run` is configured with; defaults as SPEC.md names them.
+public struct WorkerConfiguration: Sendable {
+    // Kafka
+    public var bootstrapServers: String
+    public var groupID = "finch-jobs"
+    public var inputTopics = ["finch.refresh-requested", "finch.w4-changed"]
+    public var resultsTopic = "finch.job-results"
+    public var deadLetterTopic = "finch.dead-letter"
+    /// Raw librdkafka properties (TLS, SASL, tuning) for both consumer and producer.
+    public var kafkaProperties: [String: String] = [:]
+    /// `ce_source` of results.
+    public var resultSource = "finch-jobs"
+
+    // Finch
+    public var finchBaseURL = "https://api.tryfinch.com"
+    public var tokensFile: String
+    public var requestTimeout: Duration = .seconds(30)
+    public var retry = FinchRetryPolicy()
+
+    // Limits and windows
+    public var maxInFlight = 32
+    public var maxRequestsPerSecond: Double = 50
+    /// Unanswered events beyond which partitions are paused.
+    public var maxBufferedEvents = 10_000
+    public var reuseWindow: Duration = .seconds(60)
+    public var maxEventBytes = 65_536
+    /// Job keys the deduplicator remembers at most.
+    public var dedupCapacity = 100_000
+    public var revokeTimeout: Duration = .seconds(15)
+    public var shutdownTimeout: Duration = .seconds(25)
+    /// How often the tokens file is checked for changes.
+    public var tokensReloadInterval: Duration = .seconds(1)
+    /// How often librdkafka reports consumer lag.
+    public var statisticsInterval: Duration = .seconds(5)
+
+    public init(bootstrapServers: String, tokensFile: String) {
+        self.bootstrapServers = bootstrapServers
+        self.tokensFile = tokensFile
+    }
+
+    /// Checks every value; the error is one sentence naming the option.
+    public func validate() throws(WorkerConfigurationError) {
+        func fail(_ sentence: String) -> WorkerConfigurationError { WorkerConfigurationError(sentence) }
+        guard !bootstrapServers.trimmingCharacters(in: .whitespaces).isEmpty else { throw fail("--bootstrap-servers must name at least one host:port.") }
+        for server in bootstrapServers.split(separator: ",") {
+            let parts = server.trimmingCharacters(in: .whitespaces).split(separator: ":")
+            guard parts.count >= 2, let port = Int(parts.last!), (1...65_535).contains(port) else {
+                throw fail("--bootstrap-servers entry \"\(server)\" is not host:port.")
+            }
+        }
+        guard !groupID.isEmpty else { throw fail("--group must not be empty.") }
+        guard !inputTopics.isEmpty, inputTopics.allSatisfy({ !$0.isEmpty }) else { throw fail("--input-topics must name at least one topic.") }
+        guard !resultsTopic.isEmpty else { throw fail("--results-topic must not be empty.") }
+        guard !deadLetterTopic.isEmpty else { throw fail("--dead-letter-topic must not be empty.") }
+        let outputs = Set([resultsTopic, deadLetterTopic])
+        guard outputs.count == 2 else { throw fail("--results-topic and --dead-letter-topic must differ.") }
+        guard outputs.isDisjoint(with: inputTopics) else { throw fail("--input-topics must not include the results or dead-letter topic.") }
+        do {
+            _ = try FinchClientConfiguration(baseURL: finchBaseURL).normalizedBaseURL()
+        } catch {
+            throw fail("--finch-base-url: \(error).")
+        }
+        guard maxInFlight >= 1 else { throw fail("--max-in-flight must be at least 1.") }
+        guard maxRequestsPerSecond > 0 else { throw fail("--max-requests-per-second must be above 0.") }
+        guard maxBufferedEvents >= 1 else { throw fail("--max-buffered-events must be at least 1.") }
+        guard reuseWindow >= .zero else { throw fail("--reuse-window must not be negative.") }
+        guard maxEventBytes >= 64 else { throw fail("--max-event-bytes must be at least 64.") }
+        guard dedupCapacity >= 1 else { throw fail("--dedup-capacity must be at least 1.") }
+        guard revokeTimeout > .zero else { throw fail("--revoke-timeout must be longer than zero.") }
+        guard shutdownTimeout > .zero else { throw fail("--shutdown-timeout must be longer than zero.") }
+        guard requestTimeout > .zero else { throw fail("--request-timeout must be longer than zero.") }
+        guard retry.maxAttempts >= 1 else { throw fail("--max-attempts must be at least 1.") }
+        for key in kafkaProperties.keys where KafkaConsumerConfiguration.isManaged(key) || KafkaProducerConfiguration.isManaged(key) {
+            throw fail("--kafka-config \(key) cannot be set: finch-jobs manages it to keep delivery at-least-once.")
+        }
+    }
+
+    var finchClient: FinchClientConfiguration {
+        FinchClientConfiguration(baseURL: finchBaseURL, requestTimeout: requestTimeout, maxConnections: maxInFlight)
+    }
+}
+
+public struct WorkerConfigurationError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
