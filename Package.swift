@@ -84,6 +84,7 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
+                "FinchAPI",
                 "FinchSandbox",
                 "JobsWorker",
                 .product(name: "Logging", package: "swift-log"),
@@ -103,6 +104,20 @@ let package = Package(
                 "TestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
+        .testTarget(
+            name: "JobsWorkerTests",
+            dependencies: [
+                "JobsWorker",
+                "Kafka",
+                "FinchAPI",
+                "FinchSandbox",
+                "TestSupport",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // Runs the built `finch-jobs` binary as a child process (`swift build` first).

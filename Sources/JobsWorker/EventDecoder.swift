@@ -7,6 +7,11 @@ public struct DeadLetterReason: Error, Sendable, Hashable {
     public let code: String
     public let message: String
 
+    public init(code: String, message: String) {
+        self.code = code
+        self.message = message
+    }
+
     public static let codes = [
         "tombstone", "too_large", "invalid_utf8", "invalid_json", "not_an_object", "missing_field",
         "invalid_field", "unknown_type",
