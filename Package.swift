@@ -87,6 +87,7 @@ let package = Package(
                 "FinchAPI",
                 "FinchSandbox",
                 "JobsWorker",
+                "Kafka",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -1,0 +1,179 @@
+import FinchAPI
+import Foundation
+import JobsWorker
+import Kafka
+import Logging
+import ServiceLifecycle
+
+/// An embedded Kafka (mock cluster) with the four topics, a producer for events, and a
+/// reader that collects everything on the results and dead-letter topics.
+public final class EmbeddedKafka: Sendable {
+    public struct Topics: Sendable {
+        public let refresh: String
+        public let w4: String
+        public let results: String
+        public let deadLetter: String
+    }
+
+    public struct Collected: Sendable {
+        public var results: [JobResult] = []
+        public var rawResults: [KafkaRecord] = []
+        public var deadLetters: [KafkaRecord] = []
+    }
+
+    public let cluster: KafkaMockCluster
+    public let topics: Topics
+    public let partitions: Int
+    private let producer: KafkaProducer
+    private let reader: KafkaConsumer
+    private let collected = Locked(Collected())
+    private let readerTask: Task<Void, Never>
+
+    public init(partitions: Int = 4, brokers: Int = 1) throws {
+        cluster = try KafkaMockCluster(brokers: brokers, logger: quietLogger("mock"))
+        let suffix = UInt32.random(in: 0...UInt32.max)
+        topics = Topics(refresh: "refresh-\(suffix)", w4: "w4-\(suffix)", results: "results-\(suffix)", deadLetter: "dead-\(suffix)")
+        self.partitions = partitions
+        for topic in [topics.refresh, topics.w4, topics.results, topics.deadLetter] {
+            try cluster.createTopic(topic, partitions: partitions, replicationFactor: brokers)
+        }
+        let client = KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers)
+        producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: client), logger: quietLogger("events"))
+        reader = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(
+                client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers, properties: mockGroupProperties),
+                groupID: "reader-\(suffix)", topics: [topics.results, topics.deadLetter]
+            ),
+            logger: quietLogger("reader")
+        )
+        let reader = self.reader, collected = self.collected, topics = self.topics
+        readerTask = Task {
+            for await event in reader.events {
+                switch event {
+                case .records(let records):
+                    let results = records.filter { $0.topic == topics.results }
+                    let decoded = results.compactMap { try? JSONDecoder().decode(JobResult.self, from: Data($0.value ?? [])) }
+                    collected.withLock { state in
+                        state.rawResults += results
+                        state.results += decoded
+                        state.deadLetters += records.filter { $0.topic == topics.deadLetter }
+                    }
+                case .revoked(_, let acknowledgement), .lost(_, let acknowledgement):
+                    acknowledgement.acknowledge()
+                case .assigned, .error:
+                    break
+                }
+            }
+        }
+    }
+
+    public var snapshot: Collected { collected.value }
+
+    /// Produces events (JSON strings, or raw values) keyed by connection, concurrently.
+    public func produce(_ events: [(key: String?, value: [UInt8]?, topic: String)]) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for event in events {
+                group.addTask {
+                    _ = try await self.producer.send(KafkaProducerRecord(topic: event.topic, key: event.key.map { Array($0.utf8) }, value: event.value))
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Waits until every id in `eventIDs` appears in a result, or `timeout` passes.
+    public func waitForAnswers(_ eventIDs: Set<String>, deadLetters: Int = 0, timeout: Duration = .seconds(120)) async throws {
+        try await waitUntil("\(eventIDs.count) events answered and \(deadLetters) dead letters", timeout: timeout) {
+            let state = collected.value
+            guard state.deadLetters.count >= deadLetters else { return false }
+            var missing = eventIDs
+            for result in state.results { missing.subtract(result.eventIDs) }
+            return missing.isEmpty
+        }
+    }
+
+    /// How many times each event id was answered.
+    public func answerCounts() -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for result in collected.value.results { for id in result.eventIDs { counts[id, default: 0] += 1 } }
+        return counts
+    }
+
+    public func close() async {
+        producer.close()
+        await reader.close()
+        await readerTask.value
+    }
+}
+
+/// Consumer settings for the mock cluster: its coordinator waits session.timeout.ms - 1 s for
+/// members to rejoin, and members notice a rebalance on their next heartbeat.
+public let mockGroupProperties = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "500"]
+
+public func quietLogger(_ label: String) -> Logger {
+    var logger = Logger(label: label)
+    logger.logLevel = .error
+    return logger
+}
+
+/// A worker running in this process under its own service group.
+public final class RunningWorker: Sendable {
+    public let worker: JobsWorker
+    private let group: ServiceGroup
+    private let task: Task<Void, any Error>
+
+    init(worker: JobsWorker, logger: Logger) {
+        self.worker = worker
+        let group = ServiceGroup(configuration: .init(services: [.init(service: worker)], logger: logger))
+        self.group = group
+        self.task = Task { try await group.run() }
+    }
+
+    /// Graceful shutdown (as SIGTERM): drain, commit, leave; returns when the worker stopped.
+    public func stop() async throws {
+        await group.triggerGracefulShutdown()
+        try await task.value
+    }
+}
+
+extension EmbeddedKafka {
+    /// A worker configuration for this Kafka, tuned for tests.
+    public func workerConfiguration(finchBaseURL: String, tokensFile: String) -> WorkerConfiguration {
+        var configuration = WorkerConfiguration(bootstrapServers: cluster.bootstrapServers, tokensFile: tokensFile)
+        configuration.groupID = "workers-\(topics.refresh)"
+        configuration.inputTopics = [topics.refresh, topics.w4]
+        configuration.resultsTopic = topics.results
+        configuration.deadLetterTopic = topics.deadLetter
+        configuration.finchBaseURL = finchBaseURL
+        configuration.kafkaProperties = mockGroupProperties
+        configuration.tokensReloadInterval = .milliseconds(100)
+        configuration.statisticsInterval = .seconds(1)
+        configuration.retry = FinchRetryPolicy(maxAttempts: 3, initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(400), budget: .seconds(10))
+        return configuration
+    }
+
+    /// Starts a worker; stop it with ``RunningWorker/stop()``.
+    public func startWorker(_ configuration: WorkerConfiguration, logger: Logger = quietLogger("worker"), metrics: WorkerMetrics = WorkerMetrics()) throws -> RunningWorker {
+        RunningWorker(worker: try JobsWorker(configuration: configuration, logger: logger, metrics: metrics), logger: logger)
+    }
+}
+
+/// Writes a tokens file to a fresh temporary directory and returns its path.
+public func writeTokensFile(_ tokens: [String: String]) throws -> String {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("finch-jobs-test"))
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let file = directory.appendingPathComponent("tokens.json")
+    try JSONSerialization.data(withJSONObject: tokens, options: [.sortedKeys]).write(to: file)
+    return file.path
+}
+
+/// Event JSON as upstream systems publish it.
+public enum TestEvents {
+    public static func refresh(_ id: String, connection: String) -> [UInt8] {
+        Array(#"{"type":"refresh.requested","event_id":"\#(id)","connection_id":"\#(connection)","requested_at":"2026-11-29T10:00:00Z"}"#.utf8)
+    }
+
+    public static func w4(_ id: String, connection: String, individual: String) -> [UInt8] {
+        Array(#"{"type":"employee.w4.changed","event_id":"\#(id)","connection_id":"\#(connection)","individual_id":"\#(individual)"}"#.utf8)
+    }
+}
