@@ -122,7 +122,7 @@ let package = Package(
             ]
         ),
         // Runs the built `finch-jobs` binary as a child process (`swift build` first).
-        .testTarget(name: "CommandTests", dependencies: ["TestSupport"]),
+        .testTarget(name: "CommandTests", dependencies: ["TestSupport", "Kafka", "FinchSandbox"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -89,9 +89,10 @@ public final class KafkaConsumer: Sendable {
         // poll on our thread serves everything.
         rd_kafka_poll_set_consumer(client.pointer)
 
+        // No topics: a member that never joins, e.g. to read the group's committed offsets.
         let topics = TopicPartition.makeList(configuration.topics.map { (TopicPartition(topic: $0, partition: RD_KAFKA_PARTITION_UA), Int64(RD_KAFKA_OFFSET_INVALID)) })
         defer { rd_kafka_topic_partition_list_destroy(topics) }
-        let err = rd_kafka_subscribe(client.pointer, topics)
+        let err = configuration.topics.isEmpty ? RD_KAFKA_RESP_ERR_NO_ERROR : rd_kafka_subscribe(client.pointer, topics)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             rd_kafka_destroy(client.pointer)
             throw KafkaError.from(err, code: .subscription, context: "cannot subscribe to \(configuration.topics.joined(separator: ","))")
@@ -311,6 +312,19 @@ final class ConsumerRebalancer: @unchecked Sendable {
                 continuation.yield(lost ? .lost(changed, acknowledgement) : .revoked(changed, acknowledgement))
                 if !acknowledgement.wait(timeout: timeout) {
                     logger.warning("revoked partitions released before the application acknowledged", metadata: ["timeout": "\(timeout)"])
+                }
+            }
+            if !lost {
+                // Commit what the application stored now, synchronously, while this member is
+                // still in the current generation. The commit librdkafka makes at unassign can
+                // race with the rejoin that follows, and a coordinator that is rebalancing
+                // again rejects it (REBALANCE_IN_PROGRESS): the next owner would then repeat
+                // records that were already answered.
+                let err = rd_kafka_commit(rk, nil, 0)
+                if err != RD_KAFKA_RESP_ERR_NO_ERROR, err != RD_KAFKA_RESP_ERR__NO_OFFSET {
+                    logger.warning("commit of revoked partitions failed; their next owner may repeat some records", metadata: [
+                        "error": "\(KafkaError.from(err, code: .commit))",
+                    ])
                 }
             }
             if let error = apply(assign: false, cooperative: cooperative, rk: rk, partitions: partitions) {

@@ -103,11 +103,11 @@ struct FinchClientSandboxTests {
     @Test("500s, application rate limits, timeouts and dropped connections are retriable failures")
     func transientFailures() async throws {
         try await withSandbox(tokens: makeTokens(1)) { sandbox, url in
-            let finch = try client(url, requestTimeout: .milliseconds(300))
+            let finch = try client(url, requestTimeout: .seconds(2))
             let cases: [(SandboxFaults, FinchError.Code)] = [
                 (SandboxFaults(failureRate: 1), .serverError),
                 (SandboxFaults(applicationRateLimitRate: 1), .applicationRateLimited),
-                (SandboxFaults(latencyMilliseconds: 2_000), .timeout),
+                (SandboxFaults(latencyMilliseconds: 4_000), .timeout),
                 (SandboxFaults(dropRate: 1), .connection),
             ]
             for (faults, code) in cases {

@@ -19,6 +19,7 @@ public final class EmbeddedKafka: Sendable {
         public var results: [JobResult] = []
         public var rawResults: [KafkaRecord] = []
         public var deadLetters: [KafkaRecord] = []
+        var markers: [String] = []
     }
 
     public let cluster: KafkaMockCluster
@@ -50,13 +51,16 @@ public final class EmbeddedKafka: Sendable {
         readerTask = Task {
             for await event in reader.events {
                 switch event {
-                case .records(let records):
+                case .records(let all):
+                    let isMarker = { (record: KafkaRecord) in record.value == nil && record.key.map { String(decoding: $0, as: UTF8.self).hasPrefix("catch-up-") } == true }
+                    let records = all.filter { !isMarker($0) }
                     let results = records.filter { $0.topic == topics.results }
                     let decoded = results.compactMap { try? JSONDecoder().decode(JobResult.self, from: Data($0.value ?? [])) }
                     collected.withLock { state in
                         state.rawResults += results
                         state.results += decoded
                         state.deadLetters += records.filter { $0.topic == topics.deadLetter }
+                        state.markers += all.filter(isMarker).compactMap { $0.key.map { String(decoding: $0, as: UTF8.self) } }
                     }
                 case .revoked(_, let acknowledgement), .lost(_, let acknowledgement):
                     acknowledgement.acknowledge()
@@ -70,15 +74,45 @@ public final class EmbeddedKafka: Sendable {
     public var snapshot: Collected { collected.value }
 
     /// Produces events (JSON strings, or raw values) keyed by connection, concurrently.
-    public func produce(_ events: [(key: String?, value: [UInt8]?, topic: String)]) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for event in events {
+    /// - Returns: where each event landed, in the order given.
+    @discardableResult
+    public func produce(_ events: [(key: String?, value: [UInt8]?, topic: String)]) async throws -> [KafkaDeliveryReport] {
+        try await withThrowingTaskGroup(of: (Int, KafkaDeliveryReport).self) { group in
+            for (index, event) in events.enumerated() {
                 group.addTask {
-                    _ = try await self.producer.send(KafkaProducerRecord(topic: event.topic, key: event.key.map { Array($0.utf8) }, value: event.value))
+                    (index, try await self.producer.send(KafkaProducerRecord(topic: event.topic, key: event.key.map { Array($0.utf8) }, value: event.value)))
                 }
             }
-            try await group.waitForAll()
+            var reports = [KafkaDeliveryReport?](repeating: nil, count: events.count)
+            for try await (index, report) in group { reports[index] = report }
+            return reports.map { $0! }
         }
+    }
+
+    /// Waits until the reader has read everything on the results and dead-letter topics so
+    /// far: a marker record goes to every partition and must come back.
+    public func catchUp(timeout: Duration = .seconds(30)) async throws {
+        let marker = "catch-up-\(UInt32.random(in: 0...UInt32.max))"
+        for topic in [topics.results, topics.deadLetter] {
+            for partition in 0..<partitions {
+                _ = try await producer.send(KafkaProducerRecord(topic: topic, partition: Int32(partition), key: Array(marker.utf8), value: nil))
+            }
+        }
+        try await waitUntil("the reader to catch up", timeout: timeout) {
+            collected.value.markers.filter { $0 == marker }.count == 2 * partitions
+        }
+    }
+
+    /// The worker group's committed offsets on the input topics (-1001 where none).
+    public func committedOffsets(group: String) async throws -> [TopicPartition: Int64] {
+        let probe = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers), groupID: group, topics: []),
+            logger: quietLogger("probe")
+        )
+        let partitions = [topics.refresh, topics.w4].flatMap { topic in (0..<self.partitions).map { TopicPartition(topic: topic, partition: Int32($0)) } }
+        let committed = try probe.committed(partitions)
+        await probe.close()
+        return committed
     }
 
     /// Waits until every id in `eventIDs` appears in a result, or `timeout` passes.

@@ -1,0 +1,82 @@
+import FinchSandbox
+import Foundation
+import Kafka
+import TestSupport
+import Testing
+
+/// Worker replicas as real processes (`finch-jobs run`) against an in-process mock cluster
+/// and sandbox: graceful stops, kill -9, restarts.
+@Suite("Worker replicas as processes", .timeLimit(.minutes(5)))
+struct WorkerProcessTests {
+    func startReplica(_ kafka: EmbeddedKafka, url: String, tokensFile: String, group: String) throws -> ChildProcess {
+        try ChildProcess(try finchJobsBinary(), [
+            "run", "--bootstrap-servers", kafka.cluster.bootstrapServers, "--group", group,
+            "--input-topics", "\(kafka.topics.refresh),\(kafka.topics.w4)",
+            "--results-topic", kafka.topics.results, "--dead-letter-topic", kafka.topics.deadLetter,
+            "--finch-base-url", url, "--tokens-file", tokensFile, "--http-port", "0",
+            "--shutdown-timeout", "20s", "--log-level", "warning",
+            "--kafka-config", "session.timeout.ms=6000", "--kafka-config", "heartbeat.interval.ms=500",
+        ])
+    }
+
+    @Test("Two replicas; one stopped gracefully mid-run, the other killed with SIGKILL and restarted: committed offsets never pass an unanswered event, and every event gets a result")
+    func gracefulStopThenKill() async throws {
+        let tokens = makeTokens(300)
+        let tokensFile = try writeTokensFile(tokens)
+        let settings = SandboxSettings(allowedRefreshes: 100, jobDuration: .seconds(600), faults: SandboxFaults(latencyMilliseconds: 150))
+        try await withSandbox(settings: settings, tokens: tokens) { _, url in
+            let kafka = try EmbeddedKafka(partitions: 4)
+            let group = "replicas-\(kafka.topics.refresh)"
+            var replicaA = try startReplica(kafka, url: url, tokensFile: tokensFile, group: group)
+            let replicaB = try startReplica(kafka, url: url, tokensFile: tokensFile, group: group)
+
+            var positions: [TopicPartition: [Int64: String]] = [:]
+            var allIDs: Set<String> = []
+            func wave(_ name: String) async throws {
+                let events = tokens.keys.flatMap { c in
+                    (0..<3).map { n in (key: Optional(c), value: Optional(TestEvents.w4("\(name)-\(c)-\(n)", connection: c, individual: "i-\(n)")), topic: n == 0 ? kafka.topics.refresh : kafka.topics.w4) }
+                }
+                let reports = try await kafka.produce(events)
+                for (event, report) in zip(events, reports) {
+                    let id = "\(String(decoding: event.value!, as: UTF8.self).split(separator: "\"")[7])"
+                    positions[TopicPartition(topic: report.topic, partition: report.partition), default: [:]][report.offset] = id
+                    allIDs.insert(id)
+                }
+            }
+
+            try await wave("one")
+            try await waitUntil("some answers", timeout: .seconds(60)) { kafka.snapshot.results.count > 100 }
+            try await wave("two")
+            replicaA.signal(SIGTERM)
+            #expect(try await replicaA.waitForExit(timeout: .seconds(60)) == 0, "graceful stop exits 0")
+            try await wave("three")
+            try await waitUntil("the survivor answers some of wave three", timeout: .seconds(60)) {
+                kafka.snapshot.results.contains { $0.eventIDs.contains { $0.hasPrefix("three-") } }
+            }
+            replicaB.signal(SIGKILL)
+            _ = try await replicaB.waitForExit(timeout: .seconds(10))
+
+            // No replica runs now: every offset the group committed must sit behind answered events.
+            let committed = try await kafka.committedOffsets(group: group)
+            try await kafka.catchUp()
+            let answered = Set(kafka.snapshot.results.flatMap(\.eventIDs))
+            var behindCommits = 0
+            for (partition, offsets) in positions {
+                let mark = committed[partition] ?? -1
+                for (offset, id) in offsets where offset < mark {
+                    behindCommits += 1
+                    #expect(answered.contains(id), "\(id) at \(partition)@\(offset) is behind the committed offset \(mark) but has no result")
+                }
+            }
+            #expect(behindCommits > 0, "the group committed progress before the kill")
+            #expect(answered.count < allIDs.count, "the kill left work unanswered (the check above was not vacuous)")
+
+            // A restarted replica answers everything that was left.
+            replicaA = try startReplica(kafka, url: url, tokensFile: tokensFile, group: group)
+            try await kafka.waitForAnswers(allIDs, timeout: .seconds(120))
+            replicaA.signal(SIGTERM)
+            #expect(try await replicaA.waitForExit(timeout: .seconds(60)) == 0)
+            await kafka.close()
+        }
+    }
+}
