@@ -65,9 +65,23 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The embedded stack, event generator and figures behind `demo` and `bench`.
+        .target(
+            name: "Demo",
+            dependencies: [
+                "Kafka",
+                "FinchAPI",
+                "FinchSandbox",
+                "JobsWorker",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "finch-jobs",
             dependencies: [
+                "Demo",
                 "Kafka",
                 "FinchAPI",
                 "FinchSandbox",

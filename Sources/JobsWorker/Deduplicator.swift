@@ -73,8 +73,9 @@ public struct Deduplicator<Waiter: Sendable>: Sendable {
     public mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date) -> [Waiter] {
         guard case .inFlight(let waiters)? = entries[key] else { return [] }
         switch answer {
-        case .created, .reused:
-            remember(key, answer, until: now.addingTimeInterval(reuseWindow.timeInterval), by: .reuseWindow)
+        case .created(let job), .reused(let job):
+            // Later events did not create the job: for them it is reused.
+            remember(key, .reused(job), until: now.addingTimeInterval(reuseWindow.timeInterval), by: .reuseWindow)
         case .rateLimited(let retryAt, _) where retryAt > now:
             remember(key, answer, until: retryAt, by: .rateLimitMemory)
         case .rateLimited, .failed:

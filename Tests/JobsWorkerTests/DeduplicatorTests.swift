@@ -20,12 +20,12 @@ struct DeduplicatorTests {
         #expect(dedup.complete(key, with: .created(job), now: t0) == [], "a completed call has no waiters left")
     }
 
-    @Test("Within the reuse window events are answered from memory; after it, they call again")
+    @Test("Within the reuse window events are answered from memory as the job reused; after it, they call again")
     func reuseWindow() {
         var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
         _ = dedup.admit(key, waiter: "e-1", now: t0)
         _ = dedup.complete(key, with: .created(job), now: t0)
-        guard case .answered(.created(job), .reuseWindow) = dedup.admit(key, waiter: "e-2", now: t0 + 59) else {
+        guard case .answered(.reused(job), .reuseWindow) = dedup.admit(key, waiter: "e-2", now: t0 + 59) else {
             Issue.record("inside the window: answered locally"); return
         }
         guard case .call = dedup.admit(key, waiter: "e-3", now: t0 + 60) else { Issue.record("window over: call"); return }

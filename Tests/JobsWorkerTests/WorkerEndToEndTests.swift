@@ -43,6 +43,7 @@ struct WorkerEndToEndTests {
             for burst in stride(from: 0, to: events.count, by: 2_500) {
                 try await kafka.produce(Array(events[burst..<min(burst + 2_500, events.count)]))
             }
+            print("20,000 events produced in \(ContinuousClock.now - started)")
             try await kafka.waitForAnswers(ids)
             print("20,000 events answered in \(ContinuousClock.now - started)")
 
@@ -56,6 +57,8 @@ struct WorkerEndToEndTests {
             #expect(raw.allSatisfy { validator.validate(Data($0.value ?? [])).isEmpty })
             let byDecider = Dictionary(grouping: kafka.snapshot.results, by: \.decidedBy).mapValues(\.count)
             #expect(byDecider["finch"] == keys.count)
+            #expect(kafka.snapshot.results.filter { $0.type == "job.created" }.count == keys.count, "only the event that created a job says created")
+            #expect(kafka.snapshot.results.filter { $0.decidedBy != "finch" }.allSatisfy { $0.type == "job.reused" && $0.attempts == 0 && $0.finchStatus == nil })
             try await worker.stop()
             await kafka.close()
         }

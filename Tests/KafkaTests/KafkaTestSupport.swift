@@ -70,11 +70,9 @@ extension KafkaMockCluster {
         )
     }
 
-    /// A group member tuned for the mock cluster: the mock coordinator waits up to
-    /// session.timeout.ms - 1 s for members to rejoin a rebalance (rdkafka_mock_cgrps.c), and
-    /// members notice a rebalance on their next heartbeat.
+    /// A group member tuned for the mock cluster (see `KafkaMockCluster.consumerProperties`).
     func consumer(group: String, topics: [String], properties: [String: String] = [:], maxBatchSize: Int = 1_000) throws -> KafkaConsumer {
-        let properties = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "500"].merging(properties) { _, new in new }
+        let properties = KafkaMockCluster.consumerProperties.merging(properties) { _, new in new }
         return try KafkaConsumer(
             configuration: KafkaConsumerConfiguration(
                 client: KafkaClientConfiguration(

@@ -140,9 +140,8 @@ public final class EmbeddedKafka: Sendable {
     }
 }
 
-/// Consumer settings for the mock cluster: its coordinator waits session.timeout.ms - 1 s for
-/// members to rejoin, and members notice a rebalance on their next heartbeat.
-public let mockGroupProperties = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "500"]
+/// Consumer settings for the mock cluster (see `KafkaMockCluster.consumerProperties`).
+public let mockGroupProperties = KafkaMockCluster.consumerProperties
 
 public func quietLogger(_ label: String) -> Logger {
     var logger = Logger(label: label)
@@ -181,6 +180,7 @@ extension EmbeddedKafka {
         configuration.finchBaseURL = finchBaseURL
         configuration.kafkaProperties = mockGroupProperties
         configuration.tokensReloadInterval = .milliseconds(100)
+        configuration.maxRequestsPerSecond = 2_000
         configuration.statisticsInterval = .seconds(1)
         configuration.retry = FinchRetryPolicy(maxAttempts: 3, initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(400), budget: .seconds(10))
         return configuration

@@ -1,0 +1,161 @@
+import FinchAPI
+import FinchSandbox
+import Foundation
+import JobsWorker
+import Kafka
+import Logging
+import Prometheus
+import ServiceLifecycle
+
+/// Everything in one process: the embedded Kafka (mock cluster) with the four topics, the
+/// Finch sandbox on a free port, and a worker with its health and metrics server. Used by
+/// `finch-jobs demo` and `finch-jobs bench`.
+public struct EmbeddedStackConfiguration: Sendable {
+    public var partitions = 8
+    public var connections = 200
+    /// The last this-many connections get no token, to show `no_access_token`.
+    public var connectionsWithoutTokens = 0
+    public var sandbox = SandboxSettings()
+    /// Port for the sandbox; 0 picks a free one.
+    public var sandboxPort = 0
+    /// Port for the worker's health and metrics; 0 picks a free one.
+    public var httpPort = 0
+    public var reuseWindow: Duration = .seconds(60)
+    public var maxInFlight = 32
+    public var maxRequestsPerSecond: Double = 1_000
+    public var maxBufferedEvents = 10_000
+
+    public init() {}
+}
+
+/// What a running stack offers to the code inside ``EmbeddedStack/run(_:logger:body:)``.
+public struct EmbeddedStack: Sendable {
+    public let cluster: KafkaMockCluster
+    public let sandbox: FinchSandbox
+    public let sandboxURL: String
+    public let metricsURL: String
+    public let worker: JobsWorker
+    public let producer: KafkaProducer
+    public let registry: PrometheusCollectorRegistry
+    public let configuration: WorkerConfiguration
+
+    /// Starts the stack, runs `body`, then stops everything gracefully (worker first).
+    public static func run<T: Sendable>(
+        _ options: EmbeddedStackConfiguration,
+        logger: Logger,
+        body: @Sendable (EmbeddedStack) async throws -> T
+    ) async throws -> T {
+        let cluster = try KafkaMockCluster(brokers: 1, logger: logger)
+        var configuration = WorkerConfiguration(bootstrapServers: cluster.bootstrapServers, tokensFile: "")
+        for topic in configuration.inputTopics + [configuration.resultsTopic, configuration.deadLetterTopic] {
+            try cluster.createTopic(topic, partitions: options.partitions)
+        }
+        let tokens = Dictionary(uniqueKeysWithValues: (0..<options.connections).map { ("c-\($0)", "demo-token-\($0)-\(UInt32.random(in: 0...UInt32.max))") })
+        let withTokens = tokens.filter { Int($0.key.dropFirst(2))! < options.connections - options.connectionsWithoutTokens }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("finch-jobs-demo-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let tokensFile = directory.appendingPathComponent("tokens.json").path
+        try JSONSerialization.data(withJSONObject: withTokens, options: [.sortedKeys]).write(to: URL(fileURLWithPath: tokensFile))
+        defer { try? FileManager.default.removeItem(at: directory) }
+
+        var quiet = logger
+        quiet.logLevel = max(logger.logLevel, .warning)
+        let sandbox = FinchSandbox(settings: options.sandbox, tokens: tokens, logger: quiet)
+        let sandboxPort = Locked<Int?>(nil)
+        let sandboxApp = SandboxServer.application(sandbox: sandbox, port: options.sandboxPort, logger: quiet) { port in sandboxPort.withLock { $0 = port } }
+        let sandboxGroup = ServiceGroup(services: [sandboxApp], logger: quiet)
+
+        return try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await sandboxGroup.run() }
+            do {
+                let port = try await waitFor("the sandbox to listen") { sandboxPort.value }
+                configuration.tokensFile = tokensFile
+                configuration.finchBaseURL = "http://127.0.0.1:\(port)"
+                configuration.kafkaProperties = KafkaMockCluster.consumerProperties
+                configuration.reuseWindow = options.reuseWindow
+                configuration.maxInFlight = options.maxInFlight
+                configuration.maxRequestsPerSecond = options.maxRequestsPerSecond
+                configuration.maxBufferedEvents = options.maxBufferedEvents
+                configuration.statisticsInterval = .seconds(1)
+                let registry = PrometheusCollectorRegistry()
+                let worker = try JobsWorker(configuration: configuration, logger: logger, metrics: WorkerMetrics(factory: PrometheusMetricsFactory(registry: registry)))
+                let httpPort = Locked<Int?>(nil)
+                let http = OperationsServer.application(host: "127.0.0.1", port: options.httpPort, registry: registry, logger: quiet, isReady: { worker.isReady }) { port in
+                    httpPort.withLock { $0 = port }
+                }
+                let workerGroup = ServiceGroup(services: [http, worker], logger: logger)
+                tasks.addTask { try await workerGroup.run() }
+                do {
+                    let metricsPort = try await waitFor("the metrics server to listen") { httpPort.value }
+                    let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers)), logger: quiet)
+                    let stack = EmbeddedStack(
+                        cluster: cluster, sandbox: sandbox, sandboxURL: "http://127.0.0.1:\(port)",
+                        metricsURL: "http://127.0.0.1:\(metricsPort)/metrics", worker: worker, producer: producer,
+                        registry: registry, configuration: configuration
+                    )
+                    let result: T
+                    do {
+                        result = try await body(stack)
+                    } catch {
+                        producer.close()
+                        throw error
+                    }
+                    producer.close()
+                    await workerGroup.triggerGracefulShutdown()
+                    await sandboxGroup.triggerGracefulShutdown()
+                    try await tasks.waitForAll()
+                    return result
+                } catch {
+                    await workerGroup.triggerGracefulShutdown()
+                    throw error
+                }
+            } catch {
+                await sandboxGroup.triggerGracefulShutdown()
+                try? await tasks.waitForAll()
+                throw error
+            }
+        }
+    }
+
+    /// Produces events as fast as the producer takes them, recording when each was sent.
+    /// - Returns: the events that could not be produced (none unless Kafka failed).
+    @discardableResult
+    public func produce(_ events: [EventGenerator.Event], sentAt: Locked<[String: ContinuousClock.Instant]>) async -> Int {
+        let failed = Locked(0)
+        let outstanding = Locked(0)
+        for event in events {
+            if let id = event.id { sentAt.withLock { $0[id] = ContinuousClock.now } }
+            while true {
+                outstanding.withLock { $0 += 1 }
+                let error = producer.send(event.record) { result in
+                    outstanding.withLock { $0 -= 1 }
+                    if case .failure = result { failed.withLock { $0 += 1 } }
+                }
+                guard let error else { break }
+                outstanding.withLock { $0 -= 1 }
+                guard error.code == .queueFull else {
+                    failed.withLock { $0 += 1 }
+                    break
+                }
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        while outstanding.value > 0 { try? await Task.sleep(for: .milliseconds(5)) }
+        return failed.value
+    }
+}
+
+/// Polls `value` until it is set, with a deadline.
+func waitFor<T: Sendable>(_ what: String, timeout: Duration = .seconds(20), _ value: () -> T?) async throws -> T {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        if let found = value() { return found }
+        guard ContinuousClock.now < deadline else { throw EmbeddedStackError("timed out waiting for \(what)") }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}
+
+public struct EmbeddedStackError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,108 @@
+import FinchAPI
+import Foundation
+import JobsWorker
+import Kafka
+import Logging
+
+/// Reads the results and dead-letter topics and keeps the figures the demo and the benchmark
+/// report: results by type and decider, events answered, dead letters by reason, and
+/// event-to-result latency (from when the generator produced the event to when its result
+/// was read back).
+public final class ResultCollector: Sendable {
+    public struct Figures: Sendable {
+        public var results = 0
+        public var byType: [String: Int] = [:]
+        public var byDecider: [String: Int] = [:]
+        public var answered = 0
+        public var duplicateAnswers = 0
+        public var deadLetters = 0
+        public var deadLettersByReason: [String: Int] = [:]
+        public var latencies: [Double] = []
+        public var lastResultAt: ContinuousClock.Instant?
+    }
+
+    private let consumer: KafkaConsumer
+    private let figures = Locked(Figures())
+    private let answeredIDs = Locked(Set<String>())
+    private let sentAt: Locked<[String: ContinuousClock.Instant]>
+
+    public init(bootstrapServers: String, resultsTopic: String, deadLetterTopic: String, sentAt: Locked<[String: ContinuousClock.Instant]>, logger: Logger) throws {
+        self.sentAt = sentAt
+        consumer = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(
+                client: KafkaClientConfiguration(bootstrapServers: bootstrapServers, properties: KafkaMockCluster.consumerProperties),
+                groupID: "finch-jobs-demo-reader-\(UInt32.random(in: 0...UInt32.max))",
+                topics: [resultsTopic, deadLetterTopic],
+                maxBatchSize: 5_000
+            ),
+            logger: logger
+        )
+        self.resultsTopic = resultsTopic
+    }
+
+    private let resultsTopic: String
+
+    public var snapshot: Figures { figures.value }
+
+    /// Reads until ``close()``.
+    public func run() async {
+        let decoder = JSONDecoder()
+        for await event in consumer.events {
+            switch event {
+            case .records(let records):
+                let now = ContinuousClock.now
+                var batch = Figures()
+                var ids: [String] = []
+                for record in records {
+                    if record.topic == resultsTopic {
+                        guard let value = record.value, let result = try? decoder.decode(JobResult.self, from: Data(value)) else { continue }
+                        batch.results += 1
+                        batch.byType[result.type, default: 0] += 1
+                        batch.byDecider[result.decidedBy, default: 0] += 1
+                        ids += result.eventIDs
+                    } else {
+                        batch.deadLetters += 1
+                        let reason = record.headers.first { $0.key == "finch-jobs.error.reason" }?.stringValue ?? "unknown"
+                        batch.deadLettersByReason[reason, default: 0] += 1
+                    }
+                }
+                let sent = sentAt.withLock { sentAt in ids.map { sentAt[$0] } }
+                let fresh = answeredIDs.withLock { answered in ids.filter { answered.insert($0).inserted }.count }
+                figures.withLock { figures in
+                    figures.results += batch.results
+                    figures.byType.merge(batch.byType, uniquingKeysWith: +)
+                    figures.byDecider.merge(batch.byDecider, uniquingKeysWith: +)
+                    figures.deadLetters += batch.deadLetters
+                    figures.deadLettersByReason.merge(batch.deadLettersByReason, uniquingKeysWith: +)
+                    figures.answered += fresh
+                    figures.duplicateAnswers += ids.count - fresh
+                    figures.latencies += sent.compactMap { $0.map { (now - $0).timeInterval } }
+                    if batch.results > 0 { figures.lastResultAt = now }
+                }
+            case .revoked(_, let acknowledgement), .lost(_, let acknowledgement):
+                acknowledgement.acknowledge()
+            case .assigned, .error:
+                break
+            }
+        }
+    }
+
+    public func close() async {
+        await consumer.close()
+    }
+}
+
+extension Duration {
+    var timeInterval: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
+
+/// Percentiles of a sample, nearest-rank.
+public func percentile(_ values: [Double], _ p: Double) -> Double? {
+    guard !values.isEmpty else { return nil }
+    let sorted = values.sorted()
+    let rank = Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1
+    return sorted[min(max(rank, 0), sorted.count - 1)]
+}
