@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        // Tests only: reading compose.yaml.
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
         // librdkafka 2.0.2 from Debian's librdkafka-dev; only the Kafka module imports it.
@@ -136,7 +138,10 @@ let package = Package(
             ]
         ),
         // Runs the built `finch-jobs` binary as a child process (`swift build` first).
-        .testTarget(name: "CommandTests", dependencies: ["TestSupport", "Kafka", "FinchSandbox"]),
+        .testTarget(
+            name: "CommandTests",
+            dependencies: ["TestSupport", "Kafka", "FinchSandbox", .product(name: "Yams", package: "Yams")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -34,6 +34,7 @@ public final class JobsWorker: Service, Sendable {
         } catch {
             throw WorkerConfigurationError("--tokens-file: \(error).")
         }
+        metrics.prepare(inputTopics: configuration.inputTopics)
         let finch = try FinchClient(configuration: configuration.finchClient, logger: logger)
         let client = KafkaClientConfiguration(
             bootstrapServers: configuration.bootstrapServers,

@@ -16,13 +16,31 @@ public final class WorkerMetrics: Sendable {
         "finch_jobs_events_consumed_total", "finch_jobs_dead_letters_total", "finch_jobs_finch_calls_total",
         "finch_jobs_finch_call_duration_seconds", "finch_jobs_results_total", "finch_jobs_event_to_result_seconds",
         "finch_jobs_finch_calls_in_flight", "finch_jobs_buffered_events", "finch_jobs_paused_partitions",
-        "finch_jobs_dedup_entries", "finch_jobs_dedup_evictions_total", "finch_jobs_consumer_lag",
+        "finch_jobs_dedup_entries", "finch_jobs_dedup_evictions", "finch_jobs_consumer_lag",
         "finch_jobs_offset_resets_total", "finch_jobs_rebalances_total", "finch_jobs_publish_failures_total",
         "finch_jobs_token_reloads_total",
     ]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
         self.factory = factory
+    }
+
+    /// Creates every metric whose labels are known at start (at zero), so `/metrics` lists
+    /// them before the first event.
+    func prepare(inputTopics: [String]) {
+        for type in ["refresh.requested", "employee.w4.changed", "invalid"] { _ = counter("finch_jobs_events_consumed_total", [("type", type)]) }
+        for reason in DeadLetterReason.codes { _ = counter("finch_jobs_dead_letters_total", [("reason", reason)]) }
+        for type in JobResult.types {
+            for decider in DecidedBy.allCases { _ = counter("finch_jobs_results_total", [("type", type), ("decided_by", decider.rawValue)]) }
+        }
+        for status in ["201", "202", "429", "500", "no_response"] { _ = counter("finch_jobs_finch_calls_total", [("status", status)]) }
+        _ = timer("finch_jobs_finch_call_duration_seconds")
+        _ = timer("finch_jobs_event_to_result_seconds")
+        for kind in ["assigned", "revoked", "lost"] { _ = counter("finch_jobs_rebalances_total", [("kind", kind)]) }
+        for topic in inputTopics { _ = counter("finch_jobs_offset_resets_total", [("topic", topic), ("partition", "all")]) }
+        for outcome in ["reloaded", "failed"] { _ = counter("finch_jobs_token_reloads_total", [("outcome", outcome)]) }
+        _ = counter("finch_jobs_publish_failures_total")
+        state(inFlight: 0, buffered: 0, pausedPartitions: 0, dedupEntries: 0, dedupEvictions: 0)
     }
 
     private func counter(_ label: String, _ dimensions: [(String, String)] = []) -> Counter {
@@ -95,7 +113,7 @@ public final class WorkerMetrics: Sendable {
         gauge("finch_jobs_buffered_events").record(buffered)
         gauge("finch_jobs_paused_partitions").record(pausedPartitions)
         gauge("finch_jobs_dedup_entries").record(dedupEntries)
-        gauge("finch_jobs_dedup_evictions_total").record(dedupEvictions)
+        gauge("finch_jobs_dedup_evictions").record(dedupEvictions)
     }
 
     // MARK: - Kafka
@@ -108,6 +126,7 @@ public final class WorkerMetrics: Sendable {
 
     func offsetReset(_ partition: TopicPartition) {
         counter("finch_jobs_offset_resets_total", [("topic", partition.topic), ("partition", "\(partition.partition)")]).increment()
+        counter("finch_jobs_offset_resets_total", [("topic", partition.topic), ("partition", "all")]).increment()
     }
 
     func rebalance(kind: String, partitions: Int) {

@@ -47,10 +47,10 @@ enum EnvironmentOptions {
         let kind: Kind
     }
 
-    /// The long options a command declares, found by reflecting over a default instance.
+    /// The long options a command declares, found by reflecting over an unparsed instance
+    /// (parsing would run the command's validation).
     static func declaredOptions(of command: any ParsableCommand.Type) -> [DeclaredOption] {
-        guard let instance = try? command.parse([]) else { return [] }
-        return options(in: instance)
+        options(in: command.init())
     }
 
     private static func options(in value: Any) -> [DeclaredOption] {
@@ -58,10 +58,8 @@ enum EnvironmentOptions {
         for child in Mirror(reflecting: value).children {
             guard let label = child.label, label.hasPrefix("_") else { continue }
             let typeName = String(describing: type(of: child.value))
-            if typeName.hasPrefix("OptionGroup<") {
-                if let wrapped = Mirror(reflecting: child.value).descendant("_parsedValue") ?? unwrapOptionGroup(child.value) {
-                    found += options(in: wrapped)
-                }
+            if let group = child.value as? any ReflectableOptionGroup {
+                found += options(in: type(of: group).groupType.init())
                 continue
             }
             let name = kebabCase(String(label.dropFirst()))
@@ -74,17 +72,6 @@ enum EnvironmentOptions {
             }
         }
         return found
-    }
-
-    private static func unwrapOptionGroup(_ group: Any) -> Any? {
-        // OptionGroup stores the parsed value behind an internal enum; its payload is the group.
-        for child in Mirror(reflecting: group).children {
-            for inner in Mirror(reflecting: child.value).children {
-                if inner.value is ParsableArguments { return inner.value }
-            }
-            if child.value is ParsableArguments { return child.value }
-        }
-        return nil
     }
 
     /// `maxInFlight` → `max-in-flight`, `httpPort` → `http-port`.
@@ -100,4 +87,13 @@ enum EnvironmentOptions {
         }
         return result
     }
+}
+
+/// Lets reflection reach the arguments type inside an `@OptionGroup`.
+protocol ReflectableOptionGroup {
+    static var groupType: any ParsableArguments.Type { get }
+}
+
+extension OptionGroup: ReflectableOptionGroup {
+    static var groupType: any ParsableArguments.Type { Value.self }
 }

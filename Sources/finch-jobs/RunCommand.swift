@@ -18,14 +18,21 @@ struct RunCommand: AsyncParsableCommand {
     @OptionGroup var options: WorkerOptions
     @OptionGroup var logging: LoggingOptions
 
-    func run() async throws {
-        let logger = logging.bootstrap()
-        let configuration: WorkerConfiguration
+    /// Every option, and the tokens file, checked before anything starts.
+    func validate() throws {
         do {
-            configuration = try options.workerConfiguration()
+            let configuration = try options.workerConfiguration()
+            _ = try TokensFile.load(path: configuration.tokensFile)
+        } catch let error as TokensFile.LoadError {
+            throw ValidationError("--tokens-file: \(error).")
         } catch {
             throw ValidationError("\(error)")
         }
+    }
+
+    func run() async throws {
+        let logger = logging.bootstrap()
+        let configuration = try options.workerConfiguration()
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let worker: JobsWorker

@@ -155,7 +155,7 @@ public final class RunningWorker: Sendable {
     private let group: ServiceGroup
     private let task: Task<Void, any Error>
 
-    init(worker: JobsWorker, logger: Logger) {
+    public init(worker: JobsWorker, logger: Logger) {
         self.worker = worker
         let group = ServiceGroup(configuration: .init(services: [.init(service: worker)], logger: logger))
         self.group = group
