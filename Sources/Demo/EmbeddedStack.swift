@@ -24,6 +24,9 @@ public struct EmbeddedStackConfiguration: Sendable {
     public var maxInFlight = 32
     public var maxRequestsPerSecond: Double = 1_000
     public var maxBufferedEvents = 10_000
+    /// Start the worker only when ``EmbeddedStack/startWorker()`` is called (to measure a
+    /// backlog that is already in Kafka).
+    public var deferWorkerStart = false
 
     public init() {}
 }
@@ -38,6 +41,12 @@ public struct EmbeddedStack: Sendable {
     public let producer: KafkaProducer
     public let registry: PrometheusCollectorRegistry
     public let configuration: WorkerConfiguration
+    private let start: AsyncStream<Void>.Continuation
+
+    /// Starts the worker of a stack created with `deferWorkerStart`.
+    public func startWorker() {
+        start.yield()
+    }
 
     /// Starts the stack, runs `body`, then stops everything gracefully (worker first).
     public static func run<T: Sendable>(
@@ -84,14 +93,22 @@ public struct EmbeddedStack: Sendable {
                     httpPort.withLock { $0 = port }
                 }
                 let workerGroup = ServiceGroup(services: [http, worker], logger: logger)
-                tasks.addTask { try await workerGroup.run() }
+                // The worker starts when `startWorker()` is called (at once unless deferred).
+                let (startSignal, start) = AsyncStream.makeStream(of: Void.self)
+                tasks.addTask {
+                    for await _ in startSignal {
+                        try await workerGroup.run()
+                        return
+                    }
+                }
+                if !options.deferWorkerStart { start.yield() }
                 do {
-                    let metricsPort = try await waitFor("the metrics server to listen") { httpPort.value }
+                    let metricsPort = options.deferWorkerStart ? 0 : try await waitFor("the metrics server to listen") { httpPort.value }
                     let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers)), logger: quiet)
                     let stack = EmbeddedStack(
                         cluster: cluster, sandbox: sandbox, sandboxURL: "http://127.0.0.1:\(port)",
                         metricsURL: "http://127.0.0.1:\(metricsPort)/metrics", worker: worker, producer: producer,
-                        registry: registry, configuration: configuration
+                        registry: registry, configuration: configuration, start: start
                     )
                     let result: T
                     do {
@@ -101,11 +118,13 @@ public struct EmbeddedStack: Sendable {
                         throw error
                     }
                     producer.close()
+                    start.finish()
                     await workerGroup.triggerGracefulShutdown()
                     await sandboxGroup.triggerGracefulShutdown()
                     try await tasks.waitForAll()
                     return result
                 } catch {
+                    start.finish()
                     await workerGroup.triggerGracefulShutdown()
                     throw error
                 }

@@ -138,7 +138,10 @@ final class ClientContext: @unchecked Sendable {
             onOffsetReset(reset)
             return
         }
-        logger.log(level: swiftLevel, "\(message)", metadata: ["librdkafka.facility": "\(facility)"], source: "librdkafka")
+        // One property list serves both clients, so librdkafka notes that a consumer property
+        // is ignored by the producer (and the reverse): expected, not worth a warning.
+        let level = facility == "CONFWARN" && message.contains("will be ignored by this") ? .debug : swiftLevel
+        logger.log(level: level, "\(message)", metadata: ["librdkafka.facility": "\(facility)"], source: "librdkafka")
     }
 
     func error(code: rd_kafka_resp_err_t, reason: String) {

@@ -1,0 +1,322 @@
+import FinchSandbox
+import Foundation
+import JobsWorker
+import Kafka
+import Logging
+
+/// `finch-jobs bench`: scenarios on the embedded stack, and the rate of a bare librdkafka
+/// pass-through of the same records as the physical limit.
+public enum Benchmark {
+    public enum Scenario: String, CaseIterable, Sendable {
+        case ingest, fanOut = "fan-out", steady
+    }
+
+    public struct Options: Sendable {
+        public var scenarios = Scenario.allCases
+        /// ingest: events and connections.
+        public var ingestEvents = 500_000
+        public var ingestConnections = 5_000
+        /// fan-out: distinct connections, one event each, at this Finch latency.
+        public var fanOutConnections = 10_000
+        public var fanOutLatency: Duration = .milliseconds(100)
+        public var maxInFlight = 64
+        /// steady: events per second for this long.
+        public var steadyRate = 1_000
+        public var steadyDuration: Duration = .seconds(30)
+        public var partitions = 64
+        public var seed: UInt64 = 42
+
+        public init() {}
+    }
+
+    public struct Row: Sendable, Codable {
+        public var scenario: String
+        public var events: Int
+        public var seconds: Double
+        public var eventsPerSecond: Double
+        public var resultsPerSecond: Double
+        public var finchCalls: Int
+        public var latencyP50: Double?
+        public var latencyP95: Double?
+        public var latencyP99: Double?
+        public var latencyMax: Double?
+        public var peakMemoryMiB: Double
+        /// The bare librdkafka consume-and-produce rate of the same records (ingest only).
+        public var passthroughPerSecond: Double?
+        /// eventsPerSecond / passthroughPerSecond.
+        public var ratioToPassthrough: Double?
+        public var note: String
+
+        enum CodingKeys: String, CodingKey {
+            case scenario, events, seconds, eventsPerSecond = "events_per_second", resultsPerSecond = "results_per_second"
+            case finchCalls = "finch_calls", latencyP50 = "latency_p50_s", latencyP95 = "latency_p95_s", latencyP99 = "latency_p99_s"
+            case latencyMax = "latency_max_s", peakMemoryMiB = "peak_memory_mib", passthroughPerSecond = "passthrough_per_second"
+            case ratioToPassthrough = "ratio_to_passthrough", note
+        }
+    }
+
+    public static func run(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> [Row] {
+        var rows: [Row] = []
+        for scenario in options.scenarios {
+            progress("running \(scenario.rawValue)…")
+            switch scenario {
+            case .ingest: rows.append(try await ingest(options, logger: logger, progress: progress))
+            case .fanOut: rows.append(try await fanOut(options, logger: logger))
+            case .steady: rows.append(try await steady(options, logger: logger))
+            }
+        }
+        return rows
+    }
+
+    // MARK: - Scenarios
+
+    /// A backlog of heavily duplicated events already in Kafka, answered as fast as possible
+    /// (Finch without latency); then the same records through a bare pass-through.
+    static func ingest(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+        var stackOptions = EmbeddedStackConfiguration()
+        stackOptions.partitions = options.partitions
+        stackOptions.connections = options.ingestConnections
+        stackOptions.deferWorkerStart = true
+        stackOptions.maxInFlight = options.maxInFlight
+        stackOptions.maxRequestsPerSecond = 100_000
+        stackOptions.maxBufferedEvents = 50_000
+        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(3_600))
+        return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
+            var random = SeededGenerator(seed: options.seed)
+            var mix = EventGenerator.Mix(connections: options.ingestConnections)
+            mix.malformedShare = 0.001
+            let generator = EventGenerator(mix: mix, refreshTopic: stack.configuration.inputTopics[0], w4Topic: stack.configuration.inputTopics[1])
+            let events = generator.events(count: options.ingestEvents, prefix: "b", using: &random)
+            let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
+            let produceStart = ContinuousClock.now
+            await stack.produce(events, sentAt: Locked([:]))
+            progress("ingest: \(events.count) events produced in \(format(ContinuousClock.now - produceStart)); starting the worker")
+            let valid = events.filter { $0.id != nil }.count
+            let collector = try ResultCollector(
+                bootstrapServers: stack.cluster.bootstrapServers, resultsTopic: stack.configuration.resultsTopic,
+                deadLetterTopic: stack.configuration.deadLetterTopic, sentAt: sentAt, logger: quietLogger(logger)
+            )
+            return try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { await collector.run() }
+                defer { tasks.cancelAll() }
+                let start = ContinuousClock.now
+                stack.startWorker()
+                try await waitFor("every ingest event answered", timeout: .seconds(1_800)) {
+                    let figures = collector.snapshot
+                    return figures.answered >= valid && figures.deadLetters >= events.count - valid ? true : nil
+                }
+                let finished = collector.snapshot.lastResultAt ?? ContinuousClock.now
+                let seconds = (finished - start).timeInterval
+                try checkNoOffsetReset(stack)
+                let figures = collector.snapshot
+                await collector.close()
+                progress("ingest: answered in \(format(finished - start)); measuring the pass-through of the same records")
+                let passthrough = try await passthroughRate(stack: stack, records: events.count, logger: logger)
+                let rate = Double(events.count) / seconds
+                return Row(
+                    scenario: "ingest", events: events.count, seconds: seconds, eventsPerSecond: rate,
+                    resultsPerSecond: Double(figures.results) / seconds, finchCalls: stack.sandbox.stats.enqueueCalls,
+                    latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
+                    passthroughPerSecond: passthrough, ratioToPassthrough: rate / passthrough,
+                    note: "\(options.ingestConnections) connections, backlog already in Kafka, Finch latency 0"
+                )
+            }
+        }
+    }
+
+    /// Distinct connections, one event each, Finch answering after a fixed latency: calls per
+    /// second against max-in-flight / latency.
+    static func fanOut(_ options: Options, logger: Logger) async throws -> Row {
+        var stackOptions = EmbeddedStackConfiguration()
+        stackOptions.partitions = 16
+        stackOptions.connections = options.fanOutConnections
+        stackOptions.deferWorkerStart = true
+        stackOptions.maxInFlight = options.maxInFlight
+        stackOptions.maxRequestsPerSecond = 100_000
+        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 10, jobDuration: .seconds(3_600), faults: SandboxFaults(latencyMilliseconds: Int(options.fanOutLatency.timeInterval * 1_000)))
+        return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
+            let topic = stack.configuration.inputTopics[0]
+            let events = (0..<options.fanOutConnections).map { index in
+                let id = "f-\(index)"
+                return EventGenerator.Event(id: id, kind: .refresh, record: KafkaProducerRecord(
+                    topic: topic, key: Array("c-\(index)".utf8),
+                    value: Array(#"{"type":"refresh.requested","event_id":"\#(id)","connection_id":"c-\#(index)"}"#.utf8)
+                ))
+            }
+            await stack.produce(events, sentAt: Locked([:]))
+            let collector = try ResultCollector(
+                bootstrapServers: stack.cluster.bootstrapServers, resultsTopic: stack.configuration.resultsTopic,
+                deadLetterTopic: stack.configuration.deadLetterTopic, sentAt: Locked([:]), logger: quietLogger(logger)
+            )
+            return try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { await collector.run() }
+                defer { tasks.cancelAll() }
+                let start = ContinuousClock.now
+                stack.startWorker()
+                try await waitFor("every fan-out event answered", timeout: .seconds(1_800)) { collector.snapshot.answered >= events.count ? true : nil }
+                let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
+                try checkNoOffsetReset(stack)
+                let calls = stack.sandbox.stats.enqueueCalls
+                await collector.close()
+                let limit = Double(options.maxInFlight) / options.fanOutLatency.timeInterval
+                return Row(
+                    scenario: "fan-out", events: events.count, seconds: seconds, eventsPerSecond: Double(events.count) / seconds,
+                    resultsPerSecond: Double(events.count) / seconds, finchCalls: calls,
+                    latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
+                    passthroughPerSecond: nil, ratioToPassthrough: nil,
+                    note: String(format: "%.0f calls/s against max-in-flight/latency = %.0f/s (%d in flight, %.0f ms)", Double(calls) / seconds, limit, options.maxInFlight, options.fanOutLatency.timeInterval * 1_000)
+                )
+            }
+        }
+    }
+
+    /// A fixed input rate with the worker running: event-to-result latency.
+    static func steady(_ options: Options, logger: Logger) async throws -> Row {
+        var stackOptions = EmbeddedStackConfiguration()
+        stackOptions.partitions = 16
+        stackOptions.connections = 2_000
+        stackOptions.maxInFlight = options.maxInFlight
+        stackOptions.maxRequestsPerSecond = 100_000
+        stackOptions.reuseWindow = .seconds(10)
+        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(5), faults: SandboxFaults(latencyMilliseconds: 20))
+        return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
+            let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
+            let collector = try ResultCollector(
+                bootstrapServers: stack.cluster.bootstrapServers, resultsTopic: stack.configuration.resultsTopic,
+                deadLetterTopic: stack.configuration.deadLetterTopic, sentAt: sentAt, logger: quietLogger(logger)
+            )
+            return try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { await collector.run() }
+                defer { tasks.cancelAll() }
+                try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                var mix = EventGenerator.Mix(connections: 2_000)
+                mix.malformedShare = 0
+                let generator = EventGenerator(mix: mix, refreshTopic: stack.configuration.inputTopics[0], w4Topic: stack.configuration.inputTopics[1])
+                var random = SeededGenerator(seed: options.seed)
+                let start = ContinuousClock.now
+                var produced = 0
+                var tick = start
+                var serial = 0
+                while ContinuousClock.now < start + options.steadyDuration {
+                    serial += 1
+                    let events = generator.events(count: max(1, options.steadyRate / 20), prefix: "s-\(serial)", using: &random)
+                    produced += events.count
+                    await stack.produce(events, sentAt: sentAt)
+                    tick += .milliseconds(50)
+                    try await Task.sleep(until: tick, clock: .continuous)
+                }
+                try await waitFor("every steady event answered", timeout: .seconds(300)) { collector.snapshot.answered >= produced ? true : nil }
+                let seconds = (ContinuousClock.now - start).timeInterval
+                try checkNoOffsetReset(stack)
+                let figures = collector.snapshot
+                await collector.close()
+                return Row(
+                    scenario: "steady", events: produced, seconds: seconds, eventsPerSecond: Double(produced) / options.steadyDuration.timeInterval,
+                    resultsPerSecond: Double(figures.results) / seconds, finchCalls: stack.sandbox.stats.enqueueCalls,
+                    latencyP50: percentile(figures.latencies, 50), latencyP95: percentile(figures.latencies, 95),
+                    latencyP99: percentile(figures.latencies, 99), latencyMax: figures.latencies.max(), peakMemoryMiB: peakMemoryMiB(),
+                    passthroughPerSecond: nil, ratioToPassthrough: nil,
+                    note: "\(options.steadyRate) events/s for \(format(options.steadyDuration)), Finch latency 20 ms"
+                )
+            }
+        }
+    }
+
+    // MARK: - The physical limit
+
+    /// Consumes the input topics from the start with our Kafka module and produces every
+    /// record unchanged to a scratch topic, with no decoding and no deduplication.
+    static func passthroughRate(stack: EmbeddedStack, records: Int, logger: Logger) async throws -> Double {
+        let scratch = "bench.passthrough"
+        try stack.cluster.createTopic(scratch, partitions: 16)
+        let client = KafkaClientConfiguration(bootstrapServers: stack.cluster.bootstrapServers, properties: KafkaMockCluster.consumerProperties)
+        let consumer = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(client: client, groupID: "bench-passthrough", topics: stack.configuration.inputTopics, maxBatchSize: 5_000),
+            logger: quietLogger(logger)
+        )
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: KafkaClientConfiguration(bootstrapServers: stack.cluster.bootstrapServers)), logger: quietLogger(logger))
+        let delivered = Locked(0)
+        var consumed = 0
+        var start: ContinuousClock.Instant?
+        for await event in consumer.events {
+            switch event {
+            case .records(let batch):
+                if start == nil { start = ContinuousClock.now }
+                for record in batch {
+                    let copy = KafkaProducerRecord(topic: scratch, key: record.key, value: record.value, headers: record.headers)
+                    while let error = producer.send(copy, onDelivery: { _ in delivered.withLock { $0 += 1 } }) {
+                        guard error.code == .queueFull else { throw error }
+                        try await Task.sleep(for: .milliseconds(1))
+                    }
+                }
+                consumed += batch.count
+            case .revoked(_, let acknowledgement), .lost(_, let acknowledgement):
+                acknowledgement.acknowledge()
+            case .assigned, .error:
+                break
+            }
+            if consumed >= records { break }
+        }
+        try await waitFor("pass-through deliveries", timeout: .seconds(600)) { delivered.value >= records ? true : nil }
+        let seconds = (ContinuousClock.now - (start ?? ContinuousClock.now)).timeInterval
+        producer.close()
+        await consumer.close()
+        return Double(records) / seconds
+    }
+
+    // MARK: - Helpers
+
+    static func checkNoOffsetReset(_ stack: EmbeddedStack) throws {
+        let text = stack.registry.emitToString()
+        for line in text.split(separator: "\n") where line.hasPrefix("finch_jobs_offset_resets_total{") && line.contains(#"partition="all""#) {
+            if let value = Double(line.split(separator: " ").last ?? ""), value > 0 {
+                throw EmbeddedStackError("an offset reset happened (mock cluster retention overtook the consumer): the figures are void; use more partitions")
+            }
+        }
+    }
+
+    /// Peak resident memory of this process (VmHWM), in MiB.
+    public static func peakMemoryMiB() -> Double {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "")
+        else { return 0 }
+        return kilobytes / 1_024
+    }
+
+    static func quietLogger(_ logger: Logger) -> Logger {
+        var quiet = logger
+        quiet.logLevel = max(logger.logLevel, .warning)
+        return quiet
+    }
+
+    static func format(_ duration: Duration) -> String {
+        String(format: "%.1f s", duration.timeInterval)
+    }
+
+    /// The rows as a table for people.
+    public static func table(_ rows: [Row]) -> String {
+        func ms(_ value: Double?) -> String { value.map { String(format: "%.0f", $0 * 1_000) } ?? "-" }
+        var lines = ["scenario   events    seconds  events/s  results/s  Finch calls  p50 ms  p95 ms  p99 ms  max ms  peak MiB  pass-through/s  ratio"]
+        for row in rows {
+            lines.append([
+                row.scenario.padding(toLength: 9, withPad: " ", startingAt: 0),
+                String(format: "%7d", row.events), String(format: "%9.1f", row.seconds),
+                String(format: "%9.0f", row.eventsPerSecond), String(format: "%10.0f", row.resultsPerSecond),
+                String(format: "%12d", row.finchCalls),
+                ms(row.latencyP50).leftPadded(7), ms(row.latencyP95).leftPadded(7), ms(row.latencyP99).leftPadded(7), ms(row.latencyMax).leftPadded(7),
+                String(format: "%9.0f", row.peakMemoryMiB),
+                (row.passthroughPerSecond.map { String(format: "%.0f", $0) } ?? "-").leftPadded(15),
+                (row.ratioToPassthrough.map { String(format: "%.2f", $0) } ?? "-").leftPadded(6),
+            ].joined(separator: " "))
+        }
+        lines += rows.map { "  \($0.scenario): \($0.note)" }
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
+    }
+}

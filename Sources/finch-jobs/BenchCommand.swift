@@ -1,0 +1,97 @@
+import ArgumentParser
+import Demo
+import Foundation
+import JobsWorker
+import Logging
+
+/// `finch-jobs bench`: the benchmark.
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure throughput, latency and Finch calls on the embedded stack, against a bare librdkafka pass-through of the same records.",
+        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), fan-out (distinct connections at a fixed Finch latency) and steady (a fixed input rate). Build with -c release for meaningful figures."
+    )
+
+    @Option(help: "Scenarios to run, comma-separated: ingest, fan-out, steady, or all. (env FINCH_JOBS_SCENARIOS)")
+    var scenarios: String = "all"
+
+    @Option(help: "ingest: events in the backlog. (env FINCH_JOBS_EVENTS)")
+    var events: Int = 500_000
+
+    @Option(help: "ingest: connections the events are spread over. (env FINCH_JOBS_CONNECTIONS)")
+    var connections: Int = 5_000
+
+    @Option(help: "fan-out: distinct connections, one event each. (env FINCH_JOBS_FAN_OUT_CONNECTIONS)")
+    var fanOutConnections: Int = 10_000
+
+    @Option(help: "fan-out: Finch latency. (env FINCH_JOBS_FAN_OUT_LATENCY)")
+    var fanOutLatency: DurationArgument = DurationArgument(.milliseconds(100))
+
+    @Option(help: "Most Finch calls in flight. (env FINCH_JOBS_MAX_IN_FLIGHT)")
+    var maxInFlight: Int = 64
+
+    @Option(help: "steady: events per second. (env FINCH_JOBS_STEADY_RATE)")
+    var steadyRate: Int = 1_000
+
+    @Option(help: "steady: how long. (env FINCH_JOBS_STEADY_DURATION)")
+    var steadyDuration: DurationArgument = DurationArgument(.seconds(30))
+
+    @Option(help: "ingest: partitions of each topic (the mock cluster keeps 5 MiB per partition). (env FINCH_JOBS_PARTITIONS)")
+    var partitions: Int = 64
+
+    @Flag(help: "Print the figures as JSON. (env FINCH_JOBS_JSON)")
+    var json: Bool = false
+
+    @Option(help: "Lowest level logged as JSON lines on stderr. (env FINCH_JOBS_LOG_LEVEL)")
+    var logLevel: Logger.Level = .warning
+
+    func parsedScenarios() throws -> [Benchmark.Scenario] {
+        if scenarios == "all" { return Benchmark.Scenario.allCases }
+        return try scenarios.split(separator: ",").map { name in
+            guard let scenario = Benchmark.Scenario(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("--scenarios takes ingest, fan-out, steady or all, not \"\(name)\".")
+            }
+            return scenario
+        }
+    }
+
+    func validate() throws {
+        _ = try parsedScenarios()
+        guard events >= 1_000 else { throw ValidationError("--events must be at least 1000.") }
+        guard connections >= 1, fanOutConnections >= 1 else { throw ValidationError("--connections and --fan-out-connections must be at least 1.") }
+        guard maxInFlight >= 1 else { throw ValidationError("--max-in-flight must be at least 1.") }
+        guard steadyRate >= 20 else { throw ValidationError("--steady-rate must be at least 20.") }
+        guard partitions >= 1 else { throw ValidationError("--partitions must be at least 1.") }
+        // Each partition keeps 5 MiB; refresh events are about 100 bytes and most of the stream.
+        guard events * 100 / partitions < 4 * 1_048_576 else {
+            throw ValidationError("--partitions \(partitions) is too few for \(events) events: the mock cluster keeps 5 MiB per partition; use at least \(events * 100 / (4 * 1_048_576) + 1).")
+        }
+    }
+
+    func run() async throws {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+        var options = Benchmark.Options()
+        options.scenarios = try parsedScenarios()
+        options.ingestEvents = events
+        options.ingestConnections = connections
+        options.fanOutConnections = fanOutConnections
+        options.fanOutLatency = fanOutLatency.duration
+        options.maxInFlight = maxInFlight
+        options.steadyRate = steadyRate
+        options.steadyDuration = steadyDuration.duration
+        options.partitions = partitions
+        let json = self.json
+        let rows = try await Benchmark.run(options, logger: Logger(label: "finch-jobs")) { line in
+            if !json { StandardOutput.line(line) }
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            StandardOutput.line(String(decoding: try encoder.encode(rows), as: UTF8.self))
+        } else {
+            StandardOutput.line("")
+            StandardOutput.line(Benchmark.table(rows))
+        }
+    }
+}
