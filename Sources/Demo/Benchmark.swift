@@ -99,8 +99,11 @@ public enum Benchmark {
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
-                let start = ContinuousClock.now
                 stack.startWorker()
+                // Measured from the moment the group assigned the partitions (the mock
+                // coordinator holds a first join for 3 s).
+                try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                let start = ContinuousClock.now
                 try await waitFor("every ingest event answered", timeout: .seconds(1_800)) {
                     let figures = collector.snapshot
                     return figures.answered >= valid && figures.deadLetters >= events.count - valid ? true : nil
@@ -151,8 +154,9 @@ public enum Benchmark {
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
-                let start = ContinuousClock.now
                 stack.startWorker()
+                try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                let start = ContinuousClock.now
                 try await waitFor("every fan-out event answered", timeout: .seconds(1_800)) { collector.snapshot.answered >= events.count ? true : nil }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 try checkNoOffsetReset(stack)
@@ -260,7 +264,7 @@ public enum Benchmark {
         try await waitFor("pass-through deliveries", timeout: .seconds(600)) { delivered.value >= records ? true : nil }
         let seconds = (ContinuousClock.now - (start ?? ContinuousClock.now)).timeInterval
         producer.close()
-        await consumer.close()
+        await consumer.close(handingOverRevocations: false)
         return Double(records) / seconds
     }
 

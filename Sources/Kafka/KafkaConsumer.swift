@@ -250,10 +250,13 @@ public final class KafkaConsumer: Sendable {
 
     // MARK: - Closing
 
-    /// Stops polling, leaves the group (revoking the remaining partitions through
-    /// ``events``, so keep iterating it), commits stored offsets and releases the client.
+    /// Stops polling, leaves the group, commits stored offsets and releases the client.
     /// Returns once ``events`` has finished. Idempotent.
-    public func close() async {
+    /// - Parameter handingOverRevocations: whether the remaining partitions are revoked
+    ///   through ``events`` (keep iterating it and acknowledge them); `false` releases them
+    ///   at once, for a caller that no longer reads ``events``.
+    public func close(handingOverRevocations: Bool = true) async {
+        if !handingOverRevocations { rebalancer.stopListening() }
         pollThread.requestStop()
         await closed.wait()
     }
