@@ -9,6 +9,8 @@ import Logging
 public enum Benchmark {
     public enum Scenario: String, CaseIterable, Sendable {
         case ingest, fanOut = "fan-out", steady
+        /// Only the consumer: our KafkaConsumer against kcat on the same small records.
+        case consume
     }
 
     public struct Options: Sendable {
@@ -24,6 +26,8 @@ public enum Benchmark {
         public var steadyRate = 1_000
         public var steadyDuration: Duration = .seconds(30)
         public var partitions = 64
+        /// consume: small records read back by our consumer and by kcat.
+        public var consumeRecords = 1_000_000
         public var seed: UInt64 = 42
 
         public init() {}
@@ -63,6 +67,7 @@ public enum Benchmark {
             case .ingest: rows.append(try await ingest(options, logger: logger, progress: progress))
             case .fanOut: rows.append(try await fanOut(options, logger: logger))
             case .steady: rows.append(try await steady(options, logger: logger))
+            case .consume: rows.append(try await consume(options, logger: logger, progress: progress))
             }
         }
         return rows
@@ -224,6 +229,77 @@ public enum Benchmark {
                 )
             }
         }
+    }
+
+    /// Small records read from the mock cluster by our consumer (copied into Swift values,
+    /// handed over in batches) and by kcat (`-C -e -o beginning`, output discarded), one after
+    /// the other on the same records.
+    static func consume(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+        let cluster = try KafkaMockCluster(brokers: 1, logger: quietLogger(logger))
+        let topic = "bench.consume"
+        let partitions = max(8, options.consumeRecords / 40_000)
+        try cluster.createTopic(topic, partitions: partitions)
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers, properties: ["batch.num.messages": "10000"]), linger: .milliseconds(20)),
+            logger: quietLogger(logger)
+        )
+        let outstanding = Locked(0)
+        for index in 0..<options.consumeRecords {
+            let record = KafkaProducerRecord(topic: topic, partition: Int32(index % partitions), key: nil, value: Array("record-\(index)".utf8))
+            outstanding.withLock { $0 += 1 }
+            while let error = producer.send(record, onDelivery: { _ in outstanding.withLock { $0 -= 1 } }) {
+                guard error.code == .queueFull else { throw error }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+        }
+        try await waitFor("the records produced", timeout: .seconds(600)) { outstanding.value == 0 ? true : nil }
+        producer.close()
+        progress("consume: \(options.consumeRecords) records in \(partitions) partitions; reading them with our consumer")
+
+        let consumer = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(
+                client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers, properties: KafkaMockCluster.consumerProperties),
+                groupID: "bench-consume", topics: [topic], maxBatchSize: 10_000
+            ),
+            logger: quietLogger(logger)
+        )
+        var consumed = 0
+        var start: ContinuousClock.Instant?
+        var bytes = 0
+        for await event in consumer.events {
+            if case .records(let batch) = event {
+                if start == nil { start = ContinuousClock.now }
+                consumed += batch.count
+                bytes += batch.reduce(0) { $0 + ($1.value?.count ?? 0) }
+                if consumed >= options.consumeRecords { break }
+            }
+            if case .revoked(_, let acknowledgement) = event { acknowledgement.acknowledge() }
+        }
+        let ours = Double(consumed) / (ContinuousClock.now - (start ?? ContinuousClock.now)).timeInterval
+        await consumer.close(handingOverRevocations: false)
+
+        progress("consume: reading them with kcat")
+        let kcat = try kcatRate(bootstrap: cluster.bootstrapServers, topic: topic, records: options.consumeRecords)
+        return Row(
+            scenario: "consume", events: consumed, seconds: Double(consumed) / ours, eventsPerSecond: ours, resultsPerSecond: 0,
+            finchCalls: 0, latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
+            passthroughPerSecond: kcat, ratioToPassthrough: ours / kcat,
+            note: "our KafkaConsumer vs kcat -C (in the pass-through column) on the same \(options.consumeRecords) records of ~13 bytes; kcat's time includes its start and metadata"
+        )
+    }
+
+    /// kcat's rate reading `records` records from the start of `topic` (output discarded).
+    static func kcatRate(bootstrap: String, topic: String, records: Int) throws -> Double {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-c", "\(records)", "-X", "fetch.wait.max.ms=10"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        let start = ContinuousClock.now
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw EmbeddedStackError("kcat failed (exit \(process.terminationStatus)); is it installed?") }
+        return Double(records) / (ContinuousClock.now - start).timeInterval
     }
 
     // MARK: - The physical limit

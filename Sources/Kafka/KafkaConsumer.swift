@@ -108,12 +108,21 @@ public final class KafkaConsumer: Sendable {
             let rk = client.pointer
             var batch: [KafkaRecord] = []
             batch.reserveCapacity(batchSize)
+            // Block for the first record, then take what else is ready in one call
+            // (rd_kafka_consume_batch_queue serves rebalances and logs on the way, like
+            // rd_kafka_consumer_poll, but without a queue round trip per record).
+            let queue = rd_kafka_queue_get_consumer(rk)
+            var ready = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: batchSize)
             while !shouldStop() {
                 guard let first = rd_kafka_consumer_poll(rk, timeoutMs) else { continue }
-                var next: UnsafeMutablePointer<rd_kafka_message_t>? = first
-                while let message = next {
-                    KafkaConsumer.take(message, into: &batch, continuation: continuation, logger: logger)
-                    next = batch.count < batchSize ? rd_kafka_consumer_poll(rk, 0) : nil
+                KafkaConsumer.take(first, into: &batch, continuation: continuation, logger: logger)
+                let count = batchSize > 1
+                    ? ready.withUnsafeMutableBufferPointer { rd_kafka_consume_batch_queue(queue, 0, $0.baseAddress, batchSize - 1) }
+                    : 0
+                for index in 0..<max(0, count) {
+                    if let message = ready[index] {
+                        KafkaConsumer.take(message, into: &batch, continuation: continuation, logger: logger)
+                    }
                 }
                 if !batch.isEmpty {
                     continuation.yield(.records(batch))
@@ -125,6 +134,7 @@ public final class KafkaConsumer: Sendable {
                     break
                 }
             }
+            if let queue { rd_kafka_queue_destroy(queue) }
             // Leaving the group revokes the remaining partitions through the rebalance
             // callback (served here), which commits their stored offsets.
             let closeErr = rd_kafka_consumer_close(rk)

@@ -39,13 +39,15 @@ public final class KafkaMockCluster: @unchecked Sendable {
 
     /// Consumer properties that suit the mock cluster (librdkafka 2.0.2, rdkafka_mock*.c):
     /// - its coordinator waits up to `session.timeout.ms` - 1 s for members to rejoin a
-    ///   rebalance, so a short session keeps rebalances to seconds;
+    ///   rebalance (and evicts those that do not), so a shorter session than the default 45 s
+    ///   keeps rebalances to seconds; 10 s leaves a member that is finishing revoked work,
+    ///   on a busy machine, time to rejoin;
     /// - members notice a rebalance on their next heartbeat;
     /// - a fetch with no data waits the full `fetch.wait.max.ms` even when records arrive
     ///   meanwhile (a real broker answers as soon as `fetch.min.bytes` is there), so the
     ///   default 500 ms would add up to half a second to every hop.
     public static let consumerProperties = [
-        "session.timeout.ms": "6000", "heartbeat.interval.ms": "500", "fetch.wait.max.ms": "10",
+        "session.timeout.ms": "10000", "heartbeat.interval.ms": "500", "fetch.wait.max.ms": "10",
     ]
 
     private let client: RDKafkaClient

@@ -9,10 +9,10 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure throughput, latency and Finch calls on the embedded stack, against a bare librdkafka pass-through of the same records.",
-        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), fan-out (distinct connections at a fixed Finch latency) and steady (a fixed input rate). Build with -c release for meaningful figures."
+        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate) and consume (our consumer against kcat). Build with -c release for meaningful figures."
     )
 
-    @Option(help: "Scenarios to run, comma-separated: ingest, fan-out, steady, or all. (env FINCH_JOBS_SCENARIOS)")
+    @Option(help: "Scenarios to run, comma-separated: ingest, fan-out, steady, consume, or all. (env FINCH_JOBS_SCENARIOS)")
     var scenarios: String = "all"
 
     @Option(help: "ingest: events in the backlog. (env FINCH_JOBS_EVENTS)")
@@ -39,6 +39,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "ingest: partitions of each topic (the mock cluster keeps 5 MiB per partition). (env FINCH_JOBS_PARTITIONS)")
     var partitions: Int = 64
 
+    @Option(help: "consume: small records read back by our consumer and by kcat. (env FINCH_JOBS_CONSUME_RECORDS)")
+    var consumeRecords: Int = 1_000_000
+
     @Flag(help: "Print the figures as JSON. (env FINCH_JOBS_JSON)")
     var json: Bool = false
 
@@ -49,7 +52,7 @@ struct BenchCommand: AsyncParsableCommand {
         if scenarios == "all" { return Benchmark.Scenario.allCases }
         return try scenarios.split(separator: ",").map { name in
             guard let scenario = Benchmark.Scenario(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
-                throw ValidationError("--scenarios takes ingest, fan-out, steady or all, not \"\(name)\".")
+                throw ValidationError("--scenarios takes ingest, fan-out, steady, consume or all, not \"\(name)\".")
             }
             return scenario
         }
@@ -81,6 +84,7 @@ struct BenchCommand: AsyncParsableCommand {
         options.steadyRate = steadyRate
         options.steadyDuration = steadyDuration.duration
         options.partitions = partitions
+        options.consumeRecords = consumeRecords
         let json = self.json
         let rows = try await Benchmark.run(options, logger: Logger(label: "finch-jobs")) { line in
             if !json { StandardOutput.line(line) }

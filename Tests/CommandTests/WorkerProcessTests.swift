@@ -15,7 +15,7 @@ struct WorkerProcessTests {
             "--results-topic", kafka.topics.results, "--dead-letter-topic", kafka.topics.deadLetter,
             "--finch-base-url", url, "--tokens-file", tokensFile, "--http-port", "0",
             "--shutdown-timeout", "20s", "--log-level", "warning",
-            "--kafka-config", "session.timeout.ms=6000", "--kafka-config", "heartbeat.interval.ms=500", "--kafka-config", "fetch.wait.max.ms=10",
+            "--kafka-config", "session.timeout.ms=10000", "--kafka-config", "heartbeat.interval.ms=500", "--kafka-config", "fetch.wait.max.ms=10",
         ])
     }
 

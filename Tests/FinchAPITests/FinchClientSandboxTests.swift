@@ -103,14 +103,16 @@ struct FinchClientSandboxTests {
     @Test("500s, application rate limits, timeouts and dropped connections are retriable failures")
     func transientFailures() async throws {
         try await withSandbox(tokens: makeTokens(1)) { sandbox, url in
-            let finch = try client(url, requestTimeout: .seconds(2))
-            let cases: [(SandboxFaults, FinchError.Code)] = [
-                (SandboxFaults(failureRate: 1), .serverError),
-                (SandboxFaults(applicationRateLimitRate: 1), .applicationRateLimited),
-                (SandboxFaults(latencyMilliseconds: 4_000), .timeout),
-                (SandboxFaults(dropRate: 1), .connection),
+            // A generous timeout, so only the latency case can time out on a busy machine.
+            let finch = try client(url, requestTimeout: .seconds(20))
+            let impatient = try client(url, requestTimeout: .milliseconds(300))
+            let cases: [(SandboxFaults, FinchError.Code, FinchClient)] = [
+                (SandboxFaults(failureRate: 1), .serverError, finch),
+                (SandboxFaults(applicationRateLimitRate: 1), .applicationRateLimited, finch),
+                (SandboxFaults(latencyMilliseconds: 1_500), .timeout, impatient),
+                (SandboxFaults(dropRate: 1), .connection, finch),
             ]
-            for (faults, code) in cases {
+            for (faults, code, finch) in cases {
                 sandbox.faults = faults
                 let result = await finch.enqueue(.dataSyncAll, token: token)
                 let error = try #require(result.error, "expected \(code)")
@@ -124,6 +126,7 @@ struct FinchClientSandboxTests {
                 return
             }
             try await finch.shutdown()
+            try await impatient.shutdown()
         }
     }
 
