@@ -59,6 +59,13 @@ public final class FinchSandbox: Sendable {
         }
         router.get("/jobs/automated") { request, _ in self.listJobs(request) }
         router.get("/sandbox/stats") { _, _ in Self.json(200, self.stats, requestID: UUID().uuidString) }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: self.stats.prometheusText))
+            )
+        }
         router.post("/sandbox/reset") { _, _ in
             self.reset()
             return Response(status: .noContent)

@@ -30,4 +30,27 @@ public struct SandboxStats: Sendable, Codable, Hashable {
         enqueueByStatus[status, default: 0] += 1
         enqueueByConnection[connection, default: [:]][status, default: 0] += 1
     }
+
+    /// The figures in Prometheus' text format (names start `finch_jobs_sandbox_`).
+    public var prometheusText: String {
+        var lines = [
+            "# HELP finch_jobs_sandbox_requests_total Requests on any route.",
+            "# TYPE finch_jobs_sandbox_requests_total counter",
+            "finch_jobs_sandbox_requests_total \(requests)",
+            "# HELP finch_jobs_sandbox_enqueue_calls_total POST /jobs/automated calls by answer.",
+            "# TYPE finch_jobs_sandbox_enqueue_calls_total counter",
+        ]
+        for (status, count) in enqueueByStatus.sorted(by: { $0.key < $1.key }) {
+            lines.append("finch_jobs_sandbox_enqueue_calls_total{status=\"\(status)\"} \(count)")
+        }
+        lines += [
+            "# HELP finch_jobs_sandbox_enqueue_in_flight Enqueue calls being answered now.",
+            "# TYPE finch_jobs_sandbox_enqueue_in_flight gauge",
+            "finch_jobs_sandbox_enqueue_in_flight \(inFlight)",
+            "# HELP finch_jobs_sandbox_enqueue_peak_in_flight The most enqueue calls answered at once.",
+            "# TYPE finch_jobs_sandbox_enqueue_peak_in_flight gauge",
+            "finch_jobs_sandbox_enqueue_peak_in_flight \(peakInFlight)",
+        ]
+        return lines.joined(separator: "\n") + "\n"
+    }
 }

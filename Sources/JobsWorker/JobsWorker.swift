@@ -49,7 +49,7 @@ public final class JobsWorker: Service, Sendable {
             consumer = try KafkaConsumer(
                 configuration: KafkaConsumerConfiguration(
                     client: client, groupID: configuration.groupID, topics: configuration.inputTopics,
-                    rebalanceTimeout: configuration.revokeTimeout + .seconds(5)
+                    maxBatchSize: configuration.maxBatchSize, rebalanceTimeout: configuration.revokeTimeout + .seconds(5)
                 ),
                 logger: logger,
                 onStatistics: { metrics.consumerLag($0.consumerLag) },

@@ -25,6 +25,8 @@ public struct WorkerConfiguration: Sendable {
     public var maxRequestsPerSecond: Double = 50
     /// Unanswered events beyond which partitions are paused.
     public var maxBufferedEvents = 10_000
+    /// The most records handed from the consumer to the worker at once.
+    public var maxBatchSize = 1_000
     public var reuseWindow: Duration = .seconds(60)
     public var maxEventBytes = 65_536
     /// Job keys the deduplicator remembers at most.
@@ -66,6 +68,7 @@ public struct WorkerConfiguration: Sendable {
         guard maxInFlight >= 1 else { throw fail("--max-in-flight must be at least 1.") }
         guard maxRequestsPerSecond > 0 else { throw fail("--max-requests-per-second must be above 0.") }
         guard maxBufferedEvents >= 1 else { throw fail("--max-buffered-events must be at least 1.") }
+        guard maxBatchSize >= 1 else { throw fail("--max-batch-size must be at least 1.") }
         guard reuseWindow >= .zero else { throw fail("--reuse-window must not be negative.") }
         guard maxEventBytes >= 64 else { throw fail("--max-event-bytes must be at least 64.") }
         guard dedupCapacity >= 1 else { throw fail("--dedup-capacity must be at least 1.") }

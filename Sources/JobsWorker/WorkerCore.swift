@@ -314,6 +314,17 @@ final class WorkerCore: Sendable {
             logger.warning("shutdown timeout: some events stay unanswered and uncommitted", metadata: ["unanswered": "\(unanswered)"])
         }
         store(state.withLock { $0.tracker.advancedWatermarks() })
+        // Commit now, while still a member in good standing; leaving commits again, but a
+        // coordinator in the middle of a rebalance (other replicas stopping too) may refuse it.
+        for attempt in 1...3 {
+            do {
+                try await consumer.commitStoredOffsets()
+                return
+            } catch {
+                logger.warning("commit at shutdown failed", metadata: ["attempt": "\(attempt)", "error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
     }
 
     /// Expires remembered answers and reports gauges.

@@ -49,8 +49,10 @@ public final class RebalanceAcknowledgement: Sendable {
 /// every `autoCommitInterval`, on revoke and on close.
 public final class KafkaConsumer: Sendable {
     /// Records, assignments and revocations, in the order librdkafka produced them. Iterate it
-    /// from exactly one task; it finishes after ``close()``.
-    public let events: AsyncStream<KafkaConsumerEvent>
+    /// from exactly one task; it finishes after ``close()``. At most one batch of records
+    /// waits in it: the poll thread hands over the next only once the previous was taken, so
+    /// records not yet taken stay in librdkafka, where pausing a partition discards them.
+    public let events: KafkaConsumerEvents
 
     private let client: RDKafkaClient
     private let rebalancer: ConsumerRebalancer
@@ -98,7 +100,8 @@ public final class KafkaConsumer: Sendable {
             throw KafkaError.from(err, code: .subscription, context: "cannot subscribe to \(configuration.topics.joined(separator: ","))")
         }
 
-        self.events = events
+        let handOff = BatchHandOff()
+        self.events = KafkaConsumerEvents(base: events, handOff: handOff)
         self.client = client
         self.rebalancer = rebalancer
         let batchSize = max(1, configuration.maxBatchSize)
@@ -125,6 +128,7 @@ public final class KafkaConsumer: Sendable {
                     }
                 }
                 if !batch.isEmpty {
+                    handOff.waitForRoom(unless: shouldStop)
                     continuation.yield(.records(batch))
                     batch.removeAll(keepingCapacity: true)
                 }
@@ -143,6 +147,7 @@ public final class KafkaConsumer: Sendable {
             }
             client.destroy()
             continuation.finish()
+            handOff.close()
             closed.signal()
         }
     }
@@ -220,11 +225,28 @@ public final class KafkaConsumer: Sendable {
 
     /// Commits the stored offsets now and waits for the broker's answer.
     /// - Throws: ``KafkaError`` `commit`; `_NO_OFFSET` (nothing new stored) is not an error.
+    /// - Important: blocks the calling thread for a broker round trip; from async code use
+    ///   ``commitStoredOffsets()``.
     public func commit() throws(KafkaError) {
         let err = rd_kafka_commit(client.pointer, nil, 0)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__NO_OFFSET else {
             throw KafkaError.from(err, code: .commit)
         }
+    }
+
+    /// ``commit()`` on a Dispatch thread, so no Swift concurrency thread blocks in librdkafka.
+    public func commitStoredOffsets() async throws(KafkaError) {
+        let result: Result<Void, KafkaError> = await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                do throws(KafkaError) {
+                    try self.commit()
+                    continuation.resume(returning: .success(()))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        try result.get()
     }
 
     /// The group's committed offsets for the given partitions (-1001 where none).
@@ -391,5 +413,49 @@ final class ClosedSignal: Sendable {
             }
             if done { continuation.resume() }
         }
+    }
+}
+
+/// The consumer's events; taking a batch of records lets the poll thread hand over the next.
+public struct KafkaConsumerEvents: AsyncSequence, Sendable {
+    public typealias Element = KafkaConsumerEvent
+    let base: AsyncStream<KafkaConsumerEvent>
+    let handOff: BatchHandOff
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: AsyncStream<KafkaConsumerEvent>.AsyncIterator
+        let handOff: BatchHandOff
+
+        public mutating func next() async -> KafkaConsumerEvent? {
+            let event = await base.next()
+            if case .records? = event { handOff.taken() }
+            return event
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: base.makeAsyncIterator(), handOff: handOff)
+    }
+}
+
+/// One slot between the poll thread and the task reading events.
+final class BatchHandOff: Sendable {
+    private let room = DispatchSemaphore(value: 1)
+    private let isClosed = Atomic<Bool>(false)
+
+    /// Waits (on the poll thread) until the previous batch was taken, checking `shouldStop`
+    /// every 100 ms so closing never waits for a reader that is gone.
+    func waitForRoom(unless shouldStop: () -> Bool) {
+        while room.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
+            if shouldStop() || isClosed.load(ordering: .acquiring) { return }
+        }
+    }
+
+    func taken() {
+        room.signal()
+    }
+
+    func close() {
+        isClosed.store(true, ordering: .releasing)
     }
 }

@@ -94,6 +94,9 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "Unanswered events beyond which partitions are paused. (env FINCH_JOBS_MAX_BUFFERED_EVENTS)")
     var maxBufferedEvents: Int = 10_000
 
+    @Option(help: "Most records handed from the consumer to the worker at once. (env FINCH_JOBS_MAX_BATCH_SIZE)")
+    var maxBatchSize: Int = 1_000
+
     @Option(help: "How long a created or reused job answers later events for its key without a call. (env FINCH_JOBS_REUSE_WINDOW)")
     var reuseWindow: DurationArgument = DurationArgument(.seconds(60))
 
@@ -131,6 +134,7 @@ struct WorkerOptions: ParsableArguments {
         configuration.maxInFlight = maxInFlight
         configuration.maxRequestsPerSecond = maxRequestsPerSecond
         configuration.maxBufferedEvents = maxBufferedEvents
+        configuration.maxBatchSize = maxBatchSize
         configuration.reuseWindow = reuseWindow.duration
         configuration.maxEventBytes = maxEventBytes
         configuration.dedupCapacity = dedupCapacity

@@ -79,4 +79,56 @@ struct WorkerProcessTests {
             await kafka.close()
         }
     }
+
+    @Test("Three replicas; one killed with SIGKILL mid-run and restarted: every event gets a result and nothing is committed past an unanswered one")
+    func killOneOfThree() async throws {
+        let tokens = makeTokens(300)
+        let tokensFile = try writeTokensFile(tokens)
+        let settings = SandboxSettings(allowedRefreshes: 100, jobDuration: .seconds(600), faults: SandboxFaults(latencyMilliseconds: 150))
+        try await withSandbox(settings: settings, tokens: tokens) { _, url in
+            let kafka = try EmbeddedKafka(partitions: 6)
+            let group = "three-\(kafka.topics.refresh)"
+            var replicas = try (0..<3).map { _ in try startReplica(kafka, url: url, tokensFile: tokensFile, group: group) }
+            var positions: [TopicPartition: [Int64: String]] = [:]
+            var allIDs: Set<String> = []
+            for name in ["one", "two"] {
+                let events = tokens.keys.flatMap { c in (0..<2).map { n in (key: Optional(c), value: Optional(TestEvents.refresh("\(name)-\(c)-\(n)", connection: c)), topic: kafka.topics.refresh) } }
+                let reports = try await kafka.produce(events)
+                for (index, report) in reports.enumerated() {
+                    let id = "\(name)-\(events[index].key!)-\(index % 2)"
+                    positions[TopicPartition(topic: report.topic, partition: report.partition), default: [:]][report.offset] = id
+                    allIDs.insert(id)
+                }
+                if name == "one" {
+                    try await waitUntil("work in progress", timeout: .seconds(60)) { kafka.snapshot.results.count > 50 }
+                }
+            }
+            replicas[1].signal(SIGKILL)
+            _ = try await replicas[1].waitForExit(timeout: .seconds(10))
+            replicas[1] = try startReplica(kafka, url: url, tokensFile: tokensFile, group: group)
+            try await kafka.waitForAnswers(allIDs, timeout: .seconds(180))
+            // Once the group settles after the kill and the restart (the mock coordinator
+            // refuses commits during rebalances), auto-commit brings every partition to its end.
+            let ends = positions.mapValues { ($0.keys.max() ?? -1) + 1 }
+            try await waitUntil("offsets committed to the end", timeout: .seconds(60)) {
+                let committed = try await kafka.committedOffsets(group: group)
+                return ends.allSatisfy { committed[$0.key] == $0.value }
+            }
+            // A rolling stop: each replica drains, commits and leaves before the next stops.
+            for replica in replicas {
+                replica.signal(SIGTERM)
+                #expect(try await replica.waitForExit(timeout: .seconds(60)) == 0)
+            }
+
+            let committed = try await kafka.committedOffsets(group: group)
+            try await kafka.catchUp()
+            let answered = Set(kafka.snapshot.results.flatMap(\.eventIDs))
+            #expect(answered.isSuperset(of: allIDs))
+            for (partition, offsets) in positions {
+                let mark = committed[partition] ?? -1
+                #expect(mark == (offsets.keys.max() ?? -1) + 1, "\(partition) committed to its end after the rolling stop")
+            }
+            await kafka.close()
+        }
+    }
 }

@@ -39,6 +39,7 @@ struct FinchClientSandboxTests {
             #expect(second.remainingRefreshes == 1, "a 202 uses no quota")
             #expect(first.requestID != nil && first.requestID != second.requestID)
             #expect(sandbox.stats.calls(status: "201") == 1 && sandbox.stats.calls(status: "202") == 1)
+            #expect(sandbox.stats.prometheusText.contains(#"finch_jobs_sandbox_enqueue_calls_total{status="202"} 1"#))
         }
     }
 

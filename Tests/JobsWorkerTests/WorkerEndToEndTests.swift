@@ -2,6 +2,7 @@ import FinchAPI
 import FinchSandbox
 import Foundation
 import JobsWorker
+import Prometheus
 import Kafka
 import TestSupport
 import Testing
@@ -235,4 +236,38 @@ struct WorkerEndToEndTests {
 
 extension KafkaRecord {
     var keyString: String? { key.map { String(decoding: $0, as: UTF8.self) } }
+}
+
+@Suite("Backpressure", .timeLimit(.minutes(3)))
+struct BackpressureTests {
+    @Test("Past max-buffered-events the partitions are paused, unanswered events stay bounded, and everything is answered")
+    func pausesAndResumes() async throws {
+        let tokens = makeTokens(400)
+        let tokensFile = try writeTokensFile(tokens)
+        let settings = SandboxSettings(allowedRefreshes: 10, jobDuration: .seconds(600), faults: SandboxFaults(latencyMilliseconds: 100))
+        try await withSandbox(settings: settings, tokens: tokens) { _, url in
+            let kafka = try EmbeddedKafka(partitions: 2)
+            var configuration = kafka.workerConfiguration(finchBaseURL: url, tokensFile: tokensFile)
+            configuration.maxBufferedEvents = 100
+            configuration.maxBatchSize = 50
+            configuration.maxInFlight = 8
+            let registry = PrometheusCollectorRegistry()
+            let worker = try kafka.startWorker(configuration, metrics: WorkerMetrics(factory: PrometheusMetricsFactory(registry: registry)))
+            func gauge(_ name: String) -> Double {
+                registry.emitToString().split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+            }
+            let peak = Locked((paused: 0.0, buffered: 0.0))
+            let events = tokens.keys.flatMap { c in (0..<4).map { (key: Optional(c), value: Optional(TestEvents.refresh("bp-\(c)-\($0)", connection: c)), topic: kafka.topics.refresh) } }
+            try await kafka.produce(events)
+            try await waitUntil("every event answered", timeout: .seconds(120)) {
+                peak.withLock { $0 = (max($0.paused, gauge("finch_jobs_paused_partitions")), max($0.buffered, gauge("finch_jobs_buffered_events"))) }
+                return kafka.answerCounts().count == events.count
+            }
+            #expect(peak.value.paused > 0, "partitions were paused")
+            // A few batches may land after the limit is crossed; never the whole backlog.
+            #expect(peak.value.buffered < 600, "unanswered events stayed bounded (peak \(peak.value.buffered) of \(events.count))")
+            try await worker.stop()
+            await kafka.close()
+        }
+    }
 }

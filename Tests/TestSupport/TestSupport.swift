@@ -8,9 +8,9 @@ public struct Timeout: Error, CustomStringConvertible {
 
 /// Checks `condition` until it holds or `timeout` passes: waiting for a condition, with a
 /// deadline, never a bare sleep.
-public func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () throws -> Bool) async throws {
+public func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + timeout
-    while try !condition() {
+    while try await !condition() {
         guard ContinuousClock.now < deadline else { throw Timeout(what: what) }
         try await Task.sleep(for: .milliseconds(20))
     }
