@@ -97,10 +97,7 @@ public enum Benchmark {
             await stack.produce(events, sentAt: Locked([:]))
             progress("ingest: \(events.count) events produced in \(format(ContinuousClock.now - produceStart)); starting the worker")
             let valid = events.filter { $0.id != nil }.count
-            let collector = try ResultCollector(
-                bootstrapServers: stack.cluster.bootstrapServers, resultsTopic: stack.configuration.resultsTopic,
-                deadLetterTopic: stack.configuration.deadLetterTopic, sentAt: sentAt, logger: quietLogger(logger)
-            )
+            let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
@@ -152,10 +149,7 @@ public enum Benchmark {
                 ))
             }
             await stack.produce(events, sentAt: Locked([:]))
-            let collector = try ResultCollector(
-                bootstrapServers: stack.cluster.bootstrapServers, resultsTopic: stack.configuration.resultsTopic,
-                deadLetterTopic: stack.configuration.deadLetterTopic, sentAt: Locked([:]), logger: quietLogger(logger)
-            )
+            let collector = try stack.resultCollector(logger: logger)
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
@@ -190,10 +184,7 @@ public enum Benchmark {
         stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(5), faults: SandboxFaults(latencyMilliseconds: 20))
         return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
             let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
-            let collector = try ResultCollector(
-                bootstrapServers: stack.cluster.bootstrapServers, resultsTopic: stack.configuration.resultsTopic,
-                deadLetterTopic: stack.configuration.deadLetterTopic, sentAt: sentAt, logger: quietLogger(logger)
-            )
+            let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }

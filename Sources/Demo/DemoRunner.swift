@@ -91,10 +91,7 @@ public enum DemoRunner {
             started(stack.cluster.bootstrapServers, stack.sandboxURL, stack.metricsURL)
             let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
             let configuration = stack.configuration
-            let collector = try ResultCollector(
-                bootstrapServers: stack.cluster.bootstrapServers, resultsTopic: configuration.resultsTopic,
-                deadLetterTopic: configuration.deadLetterTopic, sentAt: sentAt, logger: quiet(logger)
-            )
+            let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }

@@ -136,6 +136,16 @@ public struct EmbeddedStack: Sendable {
         }
     }
 
+    /// A reader of this stack's results and dead-letter topics.
+    public func resultCollector(sentAt: Locked<[String: ContinuousClock.Instant]> = Locked([:]), logger: Logger) throws -> ResultCollector {
+        var quiet = logger
+        quiet.logLevel = max(logger.logLevel, .warning)
+        return try ResultCollector(
+            bootstrapServers: cluster.bootstrapServers, resultsTopic: configuration.resultsTopic,
+            deadLetterTopic: configuration.deadLetterTopic, sentAt: sentAt, logger: quiet
+        )
+    }
+
     /// Produces events as fast as the producer takes them, recording when each was sent.
     /// - Returns: the events that could not be produced (none unless Kafka failed).
     @discardableResult

@@ -148,46 +148,47 @@ public final class FinchSandbox: Sendable {
     }
 
     private func getJob(_ request: Request, id: String) -> Response {
-        let requestID = UUID().uuidString.lowercased()
-        shared.withLock { $0.stats.requests += 1 }
-        let connection: String
-        switch authenticate(request) {
-        case .success(let found): connection = found
-        case .failure(let response): return response(requestID)
+        authenticated(request) { connection, requestID in
+            let now = clock.now()
+            guard let body = shared.withLock({ shared in shared.state.job(id, connectionID: connection).map { jobBody($0, state: shared.state, now: now, base: Self.baseURL(request)) } }) else {
+                return Self.error(404, "not_found_error", "Job \(id) not found", requestID: requestID)
+            }
+            return Self.json(200, body, requestID: requestID)
         }
-        let now = clock.now()
-        guard let body = shared.withLock({ shared in shared.state.job(id, connectionID: connection).map { jobBody($0, state: shared.state, now: now, base: Self.baseURL(request)) } }) else {
-            return Self.error(404, "not_found_error", "Job \(id) not found", requestID: requestID)
-        }
-        return Self.json(200, body, requestID: requestID)
     }
 
     private func listJobs(_ request: Request) -> Response {
+        authenticated(request) { connection, requestID in
+            let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 100
+            let offset = request.uri.queryParameters.get("offset", as: Int.self) ?? 0
+            guard limit >= 1, offset >= 0 else {
+                return Self.error(400, "bad_request", "limit must be positive and offset not negative", requestID: requestID)
+            }
+            let now = clock.now()
+            let base = Self.baseURL(request)
+            let body = shared.withLock { shared in
+                let jobs = shared.state.jobs(of: connection).dropFirst(offset).prefix(limit)
+                return AutomatedJobListBody(
+                    data: jobs.map { jobBody($0, state: shared.state, now: now, base: base) },
+                    meta: .init(quotas: .init(dataSyncAll: .init(
+                        allowedRefreshes: shared.state.settings.allowedRefreshes,
+                        remainingRefreshes: shared.state.remaining(connection, now: now)
+                    )))
+                )
+            }
+            return Self.json(200, body, requestID: requestID)
+        }
+    }
+
+    /// Counts the request and runs `body` with the caller's connection and a request id, or
+    /// answers 401.
+    private func authenticated(_ request: Request, _ body: (_ connection: String, _ requestID: String) -> Response) -> Response {
         let requestID = UUID().uuidString.lowercased()
         shared.withLock { $0.stats.requests += 1 }
-        let connection: String
         switch authenticate(request) {
-        case .success(let found): connection = found
+        case .success(let connection): return body(connection, requestID)
         case .failure(let response): return response(requestID)
         }
-        let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 100
-        let offset = request.uri.queryParameters.get("offset", as: Int.self) ?? 0
-        guard limit >= 1, offset >= 0 else {
-            return Self.error(400, "bad_request", "limit must be positive and offset not negative", requestID: requestID)
-        }
-        let now = clock.now()
-        let base = Self.baseURL(request)
-        let body = shared.withLock { shared in
-            let jobs = shared.state.jobs(of: connection).dropFirst(offset).prefix(limit)
-            return AutomatedJobListBody(
-                data: jobs.map { jobBody($0, state: shared.state, now: now, base: base) },
-                meta: .init(quotas: .init(dataSyncAll: .init(
-                    allowedRefreshes: shared.state.settings.allowedRefreshes,
-                    remainingRefreshes: shared.state.remaining(connection, now: now)
-                )))
-            )
-        }
-        return Self.json(200, body, requestID: requestID)
     }
 
     private func jobBody(_ job: SandboxState.Job, state: SandboxState, now: Date, base: String) -> AutomatedJobBody {
