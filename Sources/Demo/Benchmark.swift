@@ -216,7 +216,11 @@ public enum Benchmark {
                     latencyP50: percentile(figures.latencies, 50), latencyP95: percentile(figures.latencies, 95),
                     latencyP99: percentile(figures.latencies, 99), latencyMax: figures.latencies.max(), peakMemoryMiB: peakMemoryMiB(),
                     passthroughPerSecond: nil, ratioToPassthrough: nil,
-                    note: "\(options.steadyRate) events/s for \(format(options.steadyDuration)), Finch latency 20 ms"
+                    note: "\(options.steadyRate) events/s for \(format(options.steadyDuration)), Finch latency 20 ms; latency columns: until a reader has the result; until the worker produced it: "
+                        + ["p50", "p95", "p99"].enumerated().map { index, name in
+                            let value = percentile(figures.producedLatencies, [50.0, 95, 99][index]).map { String(format: "%.0f ms", $0 * 1_000) } ?? "-"
+                            return "\(name) \(value)"
+                        }.joined(separator: " · ")
                 )
             }
         }

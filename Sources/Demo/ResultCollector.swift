@@ -18,6 +18,9 @@ public final class ResultCollector: Sendable {
         public var deadLetters = 0
         public var deadLettersByReason: [String: Int] = [:]
         public var latencies: [Double] = []
+        /// From sending an event to the worker producing its result (the result record's
+        /// timestamp), without the reader's own delay.
+        public var producedLatencies: [Double] = []
         public var lastResultAt: ContinuousClock.Instant?
     }
 
@@ -51,8 +54,10 @@ public final class ResultCollector: Sendable {
             switch event {
             case .records(let records):
                 let now = ContinuousClock.now
+                let wallNow = Date().timeIntervalSince1970
                 var batch = Figures()
                 var ids: [String] = []
+                var producedAt: [Double] = []
                 for record in records {
                     if record.topic == resultsTopic {
                         guard let value = record.value, let result = try? decoder.decode(JobResult.self, from: Data(value)) else { continue }
@@ -60,6 +65,8 @@ public final class ResultCollector: Sendable {
                         batch.byType[result.type, default: 0] += 1
                         batch.byDecider[result.decidedBy, default: 0] += 1
                         ids += result.eventIDs
+                        let timestamp = Double(record.timestampMilliseconds ?? 0) / 1_000
+                        producedAt += Array(repeating: timestamp, count: result.eventIDs.count)
                     } else {
                         batch.deadLetters += 1
                         let reason = record.headers.first { $0.key == "finch-jobs.error.reason" }?.stringValue ?? "unknown"
@@ -77,6 +84,10 @@ public final class ResultCollector: Sendable {
                     figures.answered += fresh
                     figures.duplicateAnswers += ids.count - fresh
                     figures.latencies += sent.compactMap { $0.map { (now - $0).timeInterval } }
+                    for (sentInstant, produced) in zip(sent, producedAt) {
+                        guard let sentInstant, produced > 0 else { continue }
+                        figures.producedLatencies.append(produced - (wallNow - (now - sentInstant).timeInterval))
+                    }
                     if batch.results > 0 { figures.lastResultAt = now }
                 }
             case .revoked(_, let acknowledgement), .lost(_, let acknowledgement):

@@ -143,9 +143,10 @@ public final class EmbeddedKafka: Sendable {
 /// Consumer settings for the mock cluster (see `KafkaMockCluster.consumerProperties`).
 public let mockGroupProperties = KafkaMockCluster.consumerProperties
 
+/// A logger for parts under test: only critical lines (the faults tests cause are expected).
 public func quietLogger(_ label: String) -> Logger {
     var logger = Logger(label: label)
-    logger.logLevel = .error
+    logger.logLevel = .critical
     return logger
 }
 
