@@ -42,7 +42,10 @@ public final class JobsWorker: Service, Sendable {
             properties: configuration.kafkaProperties,
             statisticsInterval: configuration.statisticsInterval
         )
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: client), logger: logger)
+        // Only the consumer's statistics are read (for lag).
+        var producerClient = client
+        producerClient.statisticsInterval = nil
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: producerClient), logger: logger)
         let metrics = self.metrics
         let consumer: KafkaConsumer
         do {

@@ -158,11 +158,19 @@ final class ClientContext: @unchecked Sendable {
         onError(error)
     }
 
+    /// Parses a statistics report away from the poll thread: the JSON grows with partitions
+    /// and brokers, and parsing it on the poll thread delayed everything that thread serves
+    /// (delivery reports, records) for as long.
     func statistics(_ json: Data) {
-        if let statistics = KafkaStatistics(json: json) {
-            onStatistics(statistics)
+        let onStatistics = self.onStatistics
+        Self.statisticsQueue.async {
+            if let statistics = KafkaStatistics(json: json) {
+                onStatistics(statistics)
+            }
         }
     }
+
+    private static let statisticsQueue = DispatchQueue(label: "finch-jobs.kafka.statistics", qos: .utility)
 }
 
 extension String {
