@@ -51,7 +51,7 @@ public struct DemoSummary: Sendable {
             ("dead letters", "\(figures.deadLetters)" + (figures.deadLetters > 0 ? " (\(list(figures.deadLettersByReason)))" : "")),
             ("dedup ratio", ratio),
             ("event→result latency", "p50 \(p50) · p99 \(p99)"),
-            ("run time", DurationText.format(.milliseconds(elapsed.components.seconds * 1_000 + elapsed.components.attoseconds / 1_000_000_000_000_000))),
+            ("run time", String(format: "%.1f s", elapsed.timeInterval)),
         ]
         let width = rows.map(\.0.count).max() ?? 0
         let body = rows.map { "  " + $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }
