@@ -68,7 +68,7 @@ struct SandboxCommand: AsyncParsableCommand {
             allowedRefreshes: allowedRefreshes, window: window.duration, jobDuration: jobDuration.duration,
             jobOutcome: jobOutcome, quotaLimitsW4: quotaLimitsW4,
             faults: SandboxFaults(
-                latencyMilliseconds: Int(latency.duration.components.seconds * 1_000 + latency.duration.components.attoseconds / 1_000_000_000_000_000),
+                latencyMilliseconds: Int(latency.duration.timeInterval * 1_000),
                 failureRate: failureRate, applicationRateLimitRate: applicationRateLimitRate, dropRate: dropRate
             )
         )
