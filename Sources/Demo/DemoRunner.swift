@@ -148,12 +148,6 @@ public enum DemoRunner {
         let seconds = Int((ContinuousClock.now - start).components.seconds)
         return "[\(String(format: "%3d", seconds))s] events \(summary.totalEvents) · answered \(figures.answered) · results \(figures.results) · Finch calls \(calls) · dead letters \(figures.deadLetters)"
     }
-
-    static func quiet(_ logger: Logger) -> Logger {
-        var quiet = logger
-        quiet.logLevel = max(logger.logLevel, .warning)
-        return quiet
-    }
 }
 
 /// A small deterministic generator (SplitMix64), so `--seed` repeats a run's stream.

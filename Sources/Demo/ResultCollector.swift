@@ -103,13 +103,6 @@ public final class ResultCollector: Sendable {
     }
 }
 
-extension Duration {
-    var timeInterval: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}
-
 /// Percentiles of a sample, nearest-rank.
 public func percentile(_ values: [Double], _ p: Double) -> Double? {
     guard !values.isEmpty else { return nil }

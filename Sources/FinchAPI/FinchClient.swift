@@ -200,6 +200,12 @@ extension FinchAutomatedJob {
 }
 
 extension Duration {
+    /// The duration in seconds, as Foundation counts time.
+    public var timeInterval: TimeInterval {
+        let (seconds, attoseconds) = components
+        return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
+    }
+
     /// Whole milliseconds, rounded down.
     var milliseconds: Int64 {
         let (seconds, attoseconds) = components

@@ -1,3 +1,4 @@
+import FinchAPI
 import Foundation
 import Synchronization
 
@@ -24,13 +25,5 @@ public final class ManualSandboxClock: SandboxClock {
 
     public func advance(by duration: Duration) {
         current.withLock { $0 = $0.addingTimeInterval(duration.timeInterval) }
-    }
-}
-
-extension Duration {
-    /// The duration in seconds, as Foundation counts time.
-    public var timeInterval: TimeInterval {
-        let (seconds, attoseconds) = components
-        return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
     }
 }

@@ -1,4 +1,5 @@
 import DequeModule
+import FinchAPI
 import Foundation
 import Synchronization
 
@@ -47,7 +48,7 @@ public final class CallLimiter: Sendable {
             let wait: Duration? = state.withLock { state in
                 let now = ContinuousClock.now
                 if now < state.pausedUntil { return state.pausedUntil - now }
-                let elapsed = (now - state.lastRefill).seconds
+                let elapsed = (now - state.lastRefill).timeInterval
                 state.tokens = min(max(1, state.rate), state.tokens + elapsed * state.rate)
                 state.lastRefill = now
                 if state.tokens >= 1 {
@@ -83,8 +84,4 @@ public final class CallLimiter: Sendable {
         }
         next?.resume()
     }
-}
-
-extension Duration {
-    var seconds: Double { timeInterval }
 }

@@ -124,10 +124,3 @@ public struct Deduplicator<Waiter: Sendable>: Sendable {
         })
     }
 }
-
-extension Duration {
-    var timeInterval: TimeInterval {
-        let (seconds, attoseconds) = components
-        return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
-    }
-}

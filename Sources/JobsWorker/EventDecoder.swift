@@ -33,6 +33,8 @@ public struct DeadLetterReason: Error, Sendable, Hashable {
 public struct EventDecoder: Sendable {
     public static let maxFieldLength = 256
     public let maxEventBytes: Int
+    /// One decoder for every record (its options never change; decoding keeps no state in it).
+    private let json = JSONDecoder()
 
     public init(maxEventBytes: Int = 65_536) {
         self.maxEventBytes = maxEventBytes
@@ -44,7 +46,7 @@ public struct EventDecoder: Sendable {
         guard String(validating: value, as: UTF8.self) != nil else { return .failure(.invalidUTF8()) }
         let fields: WireEvent
         do {
-            fields = try JSONDecoder().decode(WireEvent.self, from: Data(value))
+            fields = try json.decode(WireEvent.self, from: Data(value))
         } catch let error as DecodingError {
             if case .typeMismatch(_, let context) = error, context.codingPath.isEmpty { return .failure(.notAnObject()) }
             return .failure(.invalidJSON(Self.describe(error)))
