@@ -1,27 +1,15 @@
-import DequeModule
 import FinchAPI
 import Foundation
-
-/// The outcome that answers events of one job key.
-public enum JobAnswer: Sendable, Hashable {
-    case created(FinchJobReference)
-    case reused(FinchJobReference)
-    case rateLimited(retryAt: Date, lastJob: FinchJobReference?)
-    case failed(code: String, message: String)
-}
-
-/// Who decided an answer (`decided_by` in results).
-public enum DecidedBy: String, Sendable, Hashable, CaseIterable {
-    case finch, inFlight = "in_flight", reuseWindow = "reuse_window", rateLimitMemory = "rate_limit_memory"
-}
+import HeapModule
 
 /// Decides, per job key, whether an event needs a Finch call or is answered by what this
 /// replica already knows: a call in flight (join it), a job created or reused within the reuse
 /// window, or a quota 429 whose `retry_at` has not passed. A pure state machine: time comes in
 /// as an argument, and nothing here calls Finch or Kafka.
 ///
-/// Memory is bounded: remembered answers expire, and past `capacity` the oldest are evicted
-/// (never a call in flight, whose waiters must be answered).
+/// Memory is bounded: remembered answers expire at their own deadline, and past `capacity`
+/// the answer that would expire first is evicted (never a call in flight, whose waiters must
+/// be answered). Joining a call in flight costs O(1); expiry and eviction O(log n).
 public struct Deduplicator<Waiter: Sendable>: Sendable {
     public enum Admission: Sendable {
         /// No answer is known: the caller must call Finch for this key, then ``complete``.
@@ -32,16 +20,30 @@ public struct Deduplicator<Waiter: Sendable>: Sendable {
         case answered(JobAnswer, DecidedBy)
     }
 
-    private enum Entry {
-        case inFlight([Waiter])
-        case remembered(JobAnswer, until: Date, by: DecidedBy)
+    private struct Remembered: Sendable {
+        let answer: JobAnswer
+        let until: Date
+        let by: DecidedBy
+    }
+
+    /// A remembered key's deadline in the expiry heap. Entries are never removed from the
+    /// heap when a key is answered again: a popped entry whose `until` no longer matches the
+    /// key's memory is stale and skipped.
+    private struct Deadline: Comparable, Sendable {
+        let until: Date
+        let key: JobKey
+        static func < (lhs: Self, rhs: Self) -> Bool { lhs.until < rhs.until }
+        static func == (lhs: Self, rhs: Self) -> Bool { lhs.until == rhs.until && lhs.key == rhs.key }
     }
 
     public let reuseWindow: Duration
     public let capacity: Int
-    private var entries: [JobKey: Entry] = [:]
-    /// Remembered keys in the order they were remembered, with the expiry they had then.
-    private var order: Deque<(key: JobKey, until: Date)> = []
+    /// Waiters per key in flight, the first event first. Appending mutates the array in place
+    /// (no copy of the list per joiner).
+    private var inFlight: [JobKey: [Waiter]] = [:]
+    private var remembered: [JobKey: Remembered] = [:]
+    private var deadlines = Heap<Deadline>()
+    /// Remembered answers evicted by the capacity bound, since the start.
     public private(set) var evictions = 0
 
     public init(reuseWindow: Duration, capacity: Int) {
@@ -50,28 +52,27 @@ public struct Deduplicator<Waiter: Sendable>: Sendable {
     }
 
     /// Keys remembered or in flight.
-    public var count: Int { entries.count }
-    public var inFlightCount: Int { entries.values.reduce(0) { if case .inFlight = $1 { $0 + 1 } else { $0 } } }
+    public var count: Int { inFlight.count + remembered.count }
+    public var inFlightCount: Int { inFlight.count }
 
     /// Admits one event for `key` at `now`.
     public mutating func admit(_ key: JobKey, waiter: Waiter, now: Date) -> Admission {
-        switch entries[key] {
-        case .inFlight(var waiters)?:
-            waiters.append(waiter)
-            entries[key] = .inFlight(waiters)
+        if inFlight[key] != nil {
+            inFlight[key]!.append(waiter)
             return .joined
-        case .remembered(let answer, let until, let by)? where now < until:
-            return .answered(answer, by)
-        default:
-            entries[key] = .inFlight([waiter])
-            return .call
         }
+        if let memory = remembered[key] {
+            if now < memory.until { return .answered(memory.answer, memory.by) }
+            remembered[key] = nil
+        }
+        inFlight[key] = [waiter]
+        return .call
     }
 
     /// Records Finch's answer for `key` and returns every waiter it answers (the first event
-    /// and all that joined).
+    /// first, then all that joined).
     public mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date) -> [Waiter] {
-        guard case .inFlight(let waiters)? = entries[key] else { return [] }
+        guard let waiters = inFlight.removeValue(forKey: key) else { return [] }
         switch answer {
         case .created(let job), .reused(let job):
             // Later events did not create the job: for them it is reused.
@@ -80,47 +81,38 @@ public struct Deduplicator<Waiter: Sendable>: Sendable {
             remember(key, answer, until: retryAt, by: .rateLimitMemory)
         case .rateLimited, .failed:
             // Failures are not remembered: the next event tries again.
-            entries[key] = nil
+            break
         }
         return waiters
     }
 
     /// Forgets a call in flight without an answer and returns its waiters.
     public mutating func abandon(_ key: JobKey) -> [Waiter] {
-        guard case .inFlight(let waiters)? = entries[key] else { return [] }
-        entries[key] = nil
-        return waiters
+        inFlight.removeValue(forKey: key) ?? []
     }
 
-    /// Drops remembered answers that expired by `now`.
+    /// Drops remembered answers that expired by `now`, each at its own deadline.
     public mutating func expire(now: Date) {
-        while let first = order.first, first.until <= now {
-            order.removeFirst()
-            if case .remembered(_, let until, _)? = entries[first.key], until <= now {
-                entries[first.key] = nil
-            }
+        while let first = deadlines.min, first.until <= now {
+            _ = deadlines.removeMin()
+            if let memory = remembered[first.key], memory.until <= now { remembered[first.key] = nil }
         }
     }
 
     private mutating func remember(_ key: JobKey, _ answer: JobAnswer, until: Date, by: DecidedBy) {
-        entries[key] = .remembered(answer, until: until, by: by)
-        order.append((key, until))
-        // Evict the oldest remembered answers past capacity; entries re-remembered since keep
-        // a later place in `order` and are skipped here.
-        while entries.count > capacity, let oldest = order.popFirst() {
-            if case .remembered(_, let until, _)? = entries[oldest.key], until == oldest.until {
-                entries[oldest.key] = nil
-                evictions += 1
-            }
+        remembered[key] = Remembered(answer: answer, until: until, by: by)
+        deadlines.insert(Deadline(until: until, key: key))
+        // Past capacity, evict the answer that expires first: it is the least useful.
+        while count > capacity, let first = deadlines.popMin() {
+            guard let memory = remembered[first.key], memory.until == first.until else { continue }
+            remembered[first.key] = nil
+            evictions += 1
         }
-        if order.count > 4 * capacity { compactOrder() }
+        // Stale heap entries (keys answered again since) are bounded too.
+        if deadlines.count > 2 * capacity + 64 { compactDeadlines() }
     }
 
-    /// Removes stale positions (keys since re-remembered, answered or expired).
-    private mutating func compactOrder() {
-        order = Deque(order.filter { item in
-            if case .remembered(_, let until, _)? = entries[item.key] { return until == item.until }
-            return false
-        })
+    private mutating func compactDeadlines() {
+        deadlines = Heap(remembered.map { Deadline(until: $0.value.until, key: $0.key) })
     }
 }

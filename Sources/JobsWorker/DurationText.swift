@@ -1,12 +1,18 @@
 /// Durations as users write them: `250ms`, `30s`, `5m`, `1h` (whole numbers, one unit).
 public enum DurationText {
+    /// The longest duration accepted anywhere: longer ones are typos, and adding them to a
+    /// clock would overflow.
+    public static let maximum: Duration = .seconds(366 * 86_400)
+
+    /// `nil` for anything else, negative values and durations over ``maximum``.
     public static func parse(_ text: String) -> Duration? {
-        let units: [(String, (Int64) -> Duration)] = [
-            ("ms", { .milliseconds($0) }), ("s", { .seconds($0) }), ("m", { .seconds($0 * 60) }), ("h", { .seconds($0 * 3_600) }),
-        ]
-        for (suffix, make) in units where text.hasSuffix(suffix) {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1_000), ("m", 60_000), ("h", 3_600_000)]
+        for (suffix, milliseconds) in units where text.hasSuffix(suffix) {
             guard let value = Int64(text.dropLast(suffix.count)), value >= 0 else { return nil }
-            return make(value)
+            let (total, overflow) = value.multipliedReportingOverflow(by: milliseconds)
+            guard !overflow else { return nil }
+            let duration = Duration.milliseconds(total)
+            return duration <= maximum ? duration : nil
         }
         return nil
     }

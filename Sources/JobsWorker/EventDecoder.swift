@@ -1,34 +1,6 @@
 import FinchAPI
 import Foundation
 
-/// Why a record went to the dead-letter topic: a stable code (header
-/// `finch-jobs.error.reason`) and a sentence for people (`finch-jobs.error.message`).
-public struct DeadLetterReason: Error, Sendable, Hashable {
-    public let code: String
-    public let message: String
-
-    public init(code: String, message: String) {
-        self.code = code
-        self.message = message
-    }
-
-    public static let codes = [
-        "tombstone", "too_large", "invalid_utf8", "invalid_json", "not_an_object", "missing_field",
-        "invalid_field", "unknown_type",
-    ]
-
-    static func tombstone() -> Self { .init(code: "tombstone", message: "the record has no value (tombstone)") }
-    static func tooLarge(_ size: Int, limit: Int) -> Self { .init(code: "too_large", message: "the value is \(size) bytes, over max-event-bytes (\(limit))") }
-    static func invalidUTF8() -> Self { .init(code: "invalid_utf8", message: "the value is not valid UTF-8") }
-    static func invalidJSON(_ detail: String) -> Self { .init(code: "invalid_json", message: "the value is not JSON: \(detail)") }
-    static func notAnObject() -> Self { .init(code: "not_an_object", message: "the value is JSON but not an object") }
-    static func missingField(_ field: String) -> Self { .init(code: "missing_field", message: "required field \(field) is missing or null") }
-    static func invalidField(_ field: String, _ problem: String) -> Self { .init(code: "invalid_field", message: "field \(field) \(problem)") }
-    static func unknownType(_ type: String) -> Self {
-        .init(code: "unknown_type", message: "type \"\(type.prefix(64))\" is neither refresh.requested nor employee.w4.changed")
-    }
-}
-
 /// Turns record values into ``JobEvent``s, or says precisely why not.
 public struct EventDecoder: Sendable {
     public static let maxFieldLength = 256
@@ -82,7 +54,10 @@ public struct EventDecoder: Sendable {
         case .other(let kind)?: throw .invalidField(name, "must be a string, not \(kind)")
         case .string(let value)?:
             guard !value.isEmpty else { throw .invalidField(name, "must not be empty") }
-            guard value.count <= Self.maxFieldLength else { throw .invalidField(name, "is longer than \(Self.maxFieldLength) characters") }
+            // Counted in Unicode code points, as JSON Schema's maxLength counts.
+            guard value.unicodeScalars.count <= Self.maxFieldLength else {
+                throw .invalidField(name, "is longer than \(Self.maxFieldLength) characters")
+            }
             return value
         }
     }

@@ -39,6 +39,11 @@ public struct JobResult: Codable, Sendable, Hashable {
     /// The result types, as `type` and `ce_type` carry them.
     public static let types = ["job.created", "job.reused", "job.rate_limited", "job.failed"]
 
+    /// The most event ids one result lists: a key joined by a burst of events is answered in
+    /// several results, each far below Kafka's record size limit (ids are at most 256 code
+    /// points, so 500 of them stay under 600 KB even in 4-byte UTF-8).
+    public static let maxEventIDs = 500
+
     /// Builds the result answering `eventIDs` of `key` with `answer`.
     /// - Parameter finch: the last Finch response, when Finch decided.
     public init(key: JobKey, eventIDs: [String], answer: JobAnswer, decidedBy: DecidedBy, finch: FinchEnqueueResult? = nil, attempts: Int, at now: Date) {
@@ -72,7 +77,7 @@ public struct JobResult: Codable, Sendable, Hashable {
             jobURL = lastJob?.jobURL
         case .failed(let code, let message):
             type = "job.failed"
-            error = ErrorInfo(code: code, message: message)
+            error = ErrorInfo(code: code.rawValue, message: message)
         }
     }
 
@@ -80,7 +85,8 @@ public struct JobResult: Codable, Sendable, Hashable {
     public func record(topic: String, source: String) -> KafkaProducerRecord {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let value = (try? encoder.encode(self)).map(Array.init) ?? []
+        // Encoding plain strings and integers cannot fail.
+        let value = Array(try! encoder.encode(self))
         return KafkaProducerRecord(
             topic: topic,
             key: Array(connectionID.utf8),
@@ -98,46 +104,3 @@ public struct JobResult: Codable, Sendable, Hashable {
     }
 }
 
-extension JobAnswer {
-    /// The answer for a Finch call's final result; `attempts` > 1 turns a transient failure
-    /// into `retries_exhausted`.
-    init(_ result: FinchEnqueueResult, attempts: Int) {
-        switch result.outcome {
-        case .created(let job): self = .created(job)
-        case .reused(let job): self = .reused(job)
-        case .rateLimited(let retryAt, let lastJob): self = .rateLimited(retryAt: retryAt, lastJob: lastJob)
-        case .failed(let error):
-            if error.isRetriable {
-                self = .failed(code: "retries_exhausted", message: "gave up after \(attempts) attempt(s); last: \(error)")
-            } else {
-                let code = switch error.code {
-                case .badRequest: "bad_request"
-                case .unauthorized: "unauthorized"
-                case .reauthenticationRequired: "reauthentication_required"
-                case .forbidden: "forbidden"
-                case .notFound: "not_found"
-                case .undecodableBody: "invalid_finch_response"
-                default: "unexpected_status"
-                }
-                self = .failed(code: code, message: error.description)
-            }
-        }
-    }
-}
-
-/// Builds dead-letter records: the original key and bytes unchanged, the original headers,
-/// and headers saying why and where from.
-public enum DeadLetter {
-    public static func record(for original: KafkaRecord, reason: DeadLetterReason, topic: String) -> KafkaProducerRecord {
-        var headers = original.headers
-        headers.append(KafkaHeader(key: "finch-jobs.error.reason", string: reason.code))
-        headers.append(KafkaHeader(key: "finch-jobs.error.message", string: reason.message))
-        headers.append(KafkaHeader(key: "finch-jobs.original.topic", string: original.topic))
-        headers.append(KafkaHeader(key: "finch-jobs.original.partition", string: "\(original.partition)"))
-        headers.append(KafkaHeader(key: "finch-jobs.original.offset", string: "\(original.offset)"))
-        if let timestamp = original.timestampMilliseconds {
-            headers.append(KafkaHeader(key: "finch-jobs.original.timestamp", string: "\(timestamp)"))
-        }
-        return KafkaProducerRecord(topic: topic, key: original.key, value: original.value, headers: headers)
-    }
-}

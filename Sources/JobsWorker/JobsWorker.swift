@@ -12,7 +12,14 @@ public final class JobsWorker: Service, Sendable {
     public let configuration: WorkerConfiguration
     private let logger: Logger
     private let metrics: WorkerMetrics
-    private let core = Locked<WorkerCore?>(nil)
+    private let driver = Locked<WorkerDriver?>(nil)
+    private let testHooks = Locked<TestHooks>(TestHooks())
+
+    /// Handles a test can use to cause faults from inside the worker.
+    package struct TestHooks: Sendable {
+        package var producer: KafkaProducer?
+        package var consumer: KafkaConsumer?
+    }
 
     /// - Throws: ``WorkerConfigurationError`` (one sentence naming the option).
     public init(configuration: WorkerConfiguration, logger: Logger, metrics: WorkerMetrics = WorkerMetrics()) throws(WorkerConfigurationError) {
@@ -22,9 +29,14 @@ public final class JobsWorker: Service, Sendable {
         self.metrics = metrics
     }
 
-    /// Ready once the group assigned this member its partitions (possibly none) and until
-    /// shutdown begins.
-    public var isReady: Bool { core.value?.isReady ?? false }
+    /// Ready once the group assigned this member its partitions (possibly none), until
+    /// shutdown begins or Kafka refuses a publication for good.
+    public var isReady: Bool { driver.value?.isReady ?? false }
+
+    /// Events admitted and not yet answered.
+    package var unanswered: Int { driver.value?.unanswered ?? 0 }
+
+    package var hooks: TestHooks { testHooks.value }
 
     public func run() async throws {
         let configuration = self.configuration
@@ -42,10 +54,19 @@ public final class JobsWorker: Service, Sendable {
             properties: configuration.kafkaProperties,
             statisticsInterval: configuration.statisticsInterval
         )
+        // Stops the worker: SIGTERM, or a publication Kafka refused for good.
+        let (stopRequests, requestStop) = AsyncStream.makeStream(of: Void.self)
+        let failure = Locked<String?>(nil)
+        let fail: @Sendable (String) -> Void = { reason in
+            failure.withLock { if $0 == nil { $0 = reason } }
+            requestStop.yield()
+        }
         // Only the consumer's statistics are read (for lag).
         var producerClient = client
         producerClient.statisticsInterval = nil
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: producerClient), logger: logger)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: producerClient), logger: logger) { error in
+            fail("the Kafka producer hit a fatal error: \(error)")
+        }
         let metrics = self.metrics
         let consumer: KafkaConsumer
         do {
@@ -62,61 +83,95 @@ public final class JobsWorker: Service, Sendable {
             producer.close()
             throw error
         }
-        let core = WorkerCore(configuration: configuration, producer: producer, consumer: consumer, finch: finch, tokens: tokens, metrics: metrics, logger: logger)
-        self.core.withLock { $0 = core }
+        testHooks.withLock { $0 = TestHooks(producer: producer, consumer: consumer) }
+        let (jobs, jobQueue) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
+        let driver = WorkerDriver(
+            configuration: configuration, producer: producer, consumer: consumer, finch: finch, tokens: tokens,
+            metrics: metrics, logger: logger, jobs: jobQueue, onFailure: fail
+        )
+        self.driver.withLock { $0 = driver }
         logger.info("worker starting", metadata: [
             "group": "\(configuration.groupID)", "input_topics": "\(configuration.inputTopics)",
             "connections_with_tokens": "\(tokens.count)", "finch_base_url": "\(configuration.finchBaseURL)",
         ])
 
-        let (shutdownRequests, requestShutdown) = AsyncStream.makeStream(of: Void.self)
         var fatal: KafkaError?
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
-                group.addTask { await Self.housekeeping(core: core, tokens: tokens, metrics: metrics, interval: configuration.tokensReloadInterval) }
+                group.addTask { await Self.housekeeping(driver: driver, tokens: tokens, metrics: metrics, interval: configuration.tokensReloadInterval) }
+                // Finch calls and delayed republications; cancelled with the group.
                 group.addTask {
-                    for await _ in shutdownRequests { break }
+                    await withDiscardingTaskGroup { work in
+                        for await job in jobs { work.addTask { await job() } }
+                    }
+                }
+                group.addTask {
+                    for await _ in stopRequests { break }
                     guard !Task.isCancelled else { return }
-                    await core.drain()
-                    await consumer.close()
+                    await Self.stop(driver: driver, producer: producer, consumer: consumer, timeout: configuration.shutdownTimeout, logger: self.logger)
                 }
                 for await event in consumer.events {
                     switch event {
                     case .records(let records):
-                        for key in core.admit(records) {
-                            group.addTask { await core.call(key) }
-                        }
+                        driver.admit(records)
                     case .assigned(let partitions):
-                        core.assign(partitions)
+                        driver.assign(partitions)
                     case .revoked(let partitions, let acknowledgement):
-                        await core.revoke(partitions)
+                        await driver.revoke(partitions)
                         acknowledgement.acknowledge()
                     case .lost(let partitions, let acknowledgement):
-                        core.lose(partitions)
+                        driver.lose(partitions)
                         acknowledgement.acknowledge()
                     case .error(let error):
-                        if error.code == .fatal {
-                            fatal = error
-                        }
+                        if error.code == .fatal { fatal = error }
                     }
                 }
                 // The consumer has closed (shutdown or a fatal error): stop what is left.
                 group.cancelAll()
             }
         } onGracefulShutdown: {
-            requestShutdown.yield()
+            requestStop.yield()
         }
-        requestShutdown.finish()
-        producer.close(timeout: .seconds(10))
+        requestStop.finish()
+        jobQueue.finish()
+        producer.close(timeout: .seconds(1))
         try? await finch.shutdown()
         if let fatal {
             logger.critical("worker stopped on a fatal Kafka error", metadata: ["error": "\(fatal)"])
             throw fatal
         }
+        if let reason = failure.value {
+            throw WorkerFailure(reason: reason)
+        }
         logger.info("worker stopped")
     }
 
-    private static func housekeeping(core: WorkerCore, tokens: TokenStore, metrics: WorkerMetrics, interval: Duration) async {
+    /// The whole stop within `timeout`: stop fetching and drain (three quarters of it at
+    /// most), flush results so their offsets are stored, commit, then leave the group.
+    private static func stop(driver: WorkerDriver, producer: KafkaProducer, consumer: KafkaConsumer, timeout: Duration, logger: Logger) async {
+        let start = ContinuousClock.now
+        let deadline = start + timeout
+        let reserve = min(timeout / 4, .seconds(5))
+        await driver.drain(until: deadline - reserve)
+        // Results produced but not yet acknowledged: their acknowledgements store offsets.
+        if !producer.flush(timeout: max(.zero, (deadline - ContinuousClock.now) / 3)) {
+            logger.warning("shutdown: some results were not acknowledged by Kafka in time; their events stay uncommitted")
+        }
+        // Commit now, while still a member in good standing; leaving commits again, but a
+        // coordinator in the middle of a rebalance (other replicas stopping too) may refuse it.
+        do {
+            try await withDeadline(deadline) { try await consumer.commitStoredOffsets() }
+        } catch {
+            logger.warning("commit at shutdown failed; leaving the group commits again", metadata: ["error": "\(error)"])
+        }
+        let closed: Void? = try? await withDeadline(deadline) { await consumer.close() }
+        if closed == nil {
+            logger.error("shutdown timeout: the Kafka consumer did not close in time; leaving anyway")
+            consumer.abandonEvents()
+        }
+    }
+
+    private static func housekeeping(driver: WorkerDriver, tokens: TokenStore, metrics: WorkerMetrics, interval: Duration) async {
         while !Task.isCancelled {
             do {
                 try await Task.sleep(for: interval)
@@ -128,7 +183,28 @@ public final class JobsWorker: Service, Sendable {
             case nil: metrics.tokenReload(outcome: "failed")
             case false?: break
             }
-            core.tick()
+            driver.tick()
         }
+    }
+}
+
+/// The worker stopped because Kafka refused a publication for good (or the producer hit a
+/// fatal error): the process should exit non-zero so that its orchestrator restarts it.
+public struct WorkerFailure: Error, CustomStringConvertible, Sendable {
+    public let reason: String
+    public var description: String { "the worker stopped: \(reason)" }
+}
+
+/// Runs `body` until it returns or `deadline` passes (then `body` is cancelled).
+/// - Returns: `body`'s value, or `nil` when the deadline came first.
+func withDeadline<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try? await Task.sleep(until: deadline)
+            return nil
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
     }
 }

@@ -21,16 +21,34 @@ public struct OffsetTracker: Sendable {
         var pending: Deque<Int64> = []
         /// Offsets answered but still behind an unanswered one.
         var done: Set<Int64> = []
+        /// Offsets given up on (their answer could not be published): they hold the watermark
+        /// back but no longer count as unanswered work.
+        var abandoned: Set<Int64> = []
         /// The next offset after the last one received.
         var next: Int64?
         /// The watermark last handed out for storing.
         var stored: Int64?
+
+        var unanswered: Int { pending.count - done.count - abandoned.count }
     }
 
     private var partitions: [TopicPartition: PartitionState] = [:]
     private var nextGeneration: UInt64 = 1
     /// Records received and not yet answered, over all partitions.
     public private(set) var unanswered = 0
+
+    /// What ``receive(_:offset:)`` made of a record.
+    public enum Reception: Sendable, Equatable {
+        /// A record to process.
+        case accepted(RecordPosition)
+        /// A record below the partition's position (an offset reset or a re-fetch): processed
+        /// again (at-least-once), and the watermark moves back to it.
+        case rewound(RecordPosition, expected: Int64)
+        /// The record is being processed already.
+        case duplicate
+        /// Its partition is not assigned (fetched before a revocation): skip it.
+        case unassigned
+    }
 
     public init() {}
 
@@ -39,7 +57,7 @@ public struct OffsetTracker: Sendable {
     /// Starts tracking newly assigned partitions (a new generation each time).
     public mutating func assign(_ added: [TopicPartition]) {
         for partition in added {
-            if let old = partitions[partition] { unanswered -= old.pending.count - old.done.count }
+            if let old = partitions[partition] { unanswered -= old.unanswered }
             partitions[partition] = PartitionState(generation: nextGeneration)
             nextGeneration += 1
         }
@@ -49,28 +67,56 @@ public struct OffsetTracker: Sendable {
     public mutating func remove(_ removed: [TopicPartition]) {
         for partition in removed {
             if let old = partitions.removeValue(forKey: partition) {
-                unanswered -= old.pending.count - old.done.count
+                unanswered -= old.unanswered
             }
         }
     }
 
-    /// Registers a received record; `nil` when its partition is not assigned (a record
-    /// fetched before a revocation), which must then be skipped.
-    public mutating func receive(_ partition: TopicPartition, offset: Int64) -> RecordPosition? {
-        guard var state = partitions[partition] else { return nil }
-        if let next = state.next, offset < next { return nil }  // already seen (re-fetch after a pause)
+    /// Registers a received record.
+    public mutating func receive(_ partition: TopicPartition, offset: Int64) -> Reception {
+        guard var state = partitions[partition] else { return .unassigned }
+        let position = RecordPosition(partition: partition, generation: state.generation, offset: offset)
+        if let next = state.next, offset < next {
+            // Below the position: librdkafka reset or re-fetched it. Unless it is still being
+            // processed, process it again rather than skip it silently.
+            let index = Self.insertionIndex(of: offset, in: state.pending)
+            if index < state.pending.count, state.pending[index] == offset { return .duplicate }
+            state.pending.insert(offset, at: index)
+            partitions[partition] = state
+            unanswered += 1
+            return .rewound(position, expected: next)
+        }
         state.pending.append(offset)
         state.next = offset + 1
         partitions[partition] = state
         unanswered += 1
-        return RecordPosition(partition: partition, generation: state.generation, offset: offset)
+        return .accepted(position)
+    }
+
+    /// Where `offset` belongs in the sorted `pending`.
+    private static func insertionIndex(of offset: Int64, in pending: Deque<Int64>) -> Int {
+        var low = 0, high = pending.count
+        while low < high {
+            let middle = (low + high) / 2
+            if pending[middle] < offset { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    /// Gives up on a record whose answer cannot be published: it stops counting as unanswered
+    /// (so drains can finish) but its partition's watermark never passes it.
+    public mutating func abandon(_ position: RecordPosition) {
+        guard var state = partitions[position.partition], state.generation == position.generation else { return }
+        guard !state.done.contains(position.offset), state.abandoned.insert(position.offset).inserted else { return }
+        unanswered -= 1
+        partitions[position.partition] = state
     }
 
     /// Marks a record answered.
     public mutating func complete(_ position: RecordPosition) {
         guard var state = partitions[position.partition], state.generation == position.generation else { return }
         guard state.done.insert(position.offset).inserted else { return }
-        unanswered -= 1
+        if state.abandoned.remove(position.offset) == nil { unanswered -= 1 }
         while let first = state.pending.first, state.done.remove(first) != nil {
             state.pending.removeFirst()
         }
@@ -85,7 +131,7 @@ public struct OffsetTracker: Sendable {
     /// Records of these partitions still unanswered.
     public func unanswered(in partitions: [TopicPartition]) -> Int {
         partitions.reduce(0) { total, partition in
-            total + (self.partitions[partition].map { $0.pending.count - $0.done.count } ?? 0)
+            total + (self.partitions[partition]?.unanswered ?? 0)
         }
     }
 

@@ -1,5 +1,8 @@
 import FinchAPI
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Synchronization
 
@@ -11,10 +14,16 @@ public final class TokenStore: Sendable {
         var signature: FileSignature?
     }
 
+    /// What identifies one version of the file, following symlinks: Kubernetes mounts a
+    /// Secret as `tokens.json -> ..data/tokens.json` and swaps the `..data` link on update,
+    /// so the link itself never changes but the file it leads to does.
     private struct FileSignature: Equatable {
-        let modified: Date?
-        let size: Int?
-        let inode: Int?
+        let resolvedPath: String
+        let device: UInt64
+        let inode: UInt64
+        let size: Int64
+        let modifiedSeconds: Int
+        let modifiedNanoseconds: Int
     }
 
     public let path: String
@@ -57,11 +66,12 @@ public final class TokenStore: Sendable {
     }
 
     private static func signature(_ path: String) -> FileSignature? {
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else { return nil }
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }  // stat follows symlinks
         return FileSignature(
-            modified: attributes[.modificationDate] as? Date,
-            size: (attributes[.size] as? NSNumber)?.intValue,
-            inode: (attributes[.systemFileNumber] as? NSNumber)?.intValue
+            resolvedPath: URL(fileURLWithPath: path).resolvingSymlinksInPath().path,
+            device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
+            modifiedSeconds: Int(info.st_mtim.tv_sec), modifiedNanoseconds: Int(info.st_mtim.tv_nsec)
         )
     }
 }

@@ -3,6 +3,9 @@ import Kafka
 
 /// Everything `finch-jobs run` is configured with; defaults as SPEC.md names them.
 public struct WorkerConfiguration: Sendable {
+    /// The largest `--max-batch-size`: a batch is copied and decoded in one go.
+    public static let maxBatchSizeLimit = 100_000
+
     // Kafka
     public var bootstrapServers: String
     public var groupID = "finch-jobs"
@@ -68,7 +71,7 @@ public struct WorkerConfiguration: Sendable {
         guard maxInFlight >= 1 else { throw fail("--max-in-flight must be at least 1.") }
         guard maxRequestsPerSecond > 0 else { throw fail("--max-requests-per-second must be above 0.") }
         guard maxBufferedEvents >= 1 else { throw fail("--max-buffered-events must be at least 1.") }
-        guard maxBatchSize >= 1 else { throw fail("--max-batch-size must be at least 1.") }
+        guard (1...Self.maxBatchSizeLimit).contains(maxBatchSize) else { throw fail("--max-batch-size must be between 1 and \(Self.maxBatchSizeLimit).") }
         guard reuseWindow >= .zero else { throw fail("--reuse-window must not be negative.") }
         guard maxEventBytes >= 64 else { throw fail("--max-event-bytes must be at least 64.") }
         guard dedupCapacity >= 1 else { throw fail("--dedup-capacity must be at least 1.") }
@@ -76,8 +79,20 @@ public struct WorkerConfiguration: Sendable {
         guard shutdownTimeout > .zero else { throw fail("--shutdown-timeout must be longer than zero.") }
         guard requestTimeout > .zero else { throw fail("--request-timeout must be longer than zero.") }
         guard retry.maxAttempts >= 1 else { throw fail("--max-attempts must be at least 1.") }
-        for key in kafkaProperties.keys where KafkaConsumerConfiguration.isManaged(key) || KafkaProducerConfiguration.isManaged(key) {
+        for (option, duration) in [("--reuse-window", reuseWindow), ("--revoke-timeout", revokeTimeout), ("--shutdown-timeout", shutdownTimeout),
+                                   ("--request-timeout", requestTimeout), ("--retry-budget", retry.budget)] where duration > DurationText.maximum {
+            throw fail("\(option) must be at most 366 days.")
+        }
+        guard maxInFlight <= 10_000 else { throw fail("--max-in-flight must be at most 10000.") }
+        guard maxBufferedEvents <= 10_000_000 else { throw fail("--max-buffered-events must be at most 10000000.") }
+        for key in kafkaProperties.keys.sorted() where KafkaConsumerConfiguration.isManaged(key) || KafkaProducerConfiguration.isManaged(key) {
             throw fail("--kafka-config \(key) cannot be set: finch-jobs manages it to keep delivery at-least-once.")
+        }
+        do {
+            try KafkaClientConfiguration.checkProperties(kafkaProperties)
+        } catch {
+            // The message names the property, never its value (it may be a password).
+            throw fail("--kafka-config \(error.message).")
         }
     }
 

@@ -10,15 +10,17 @@ public final class WorkerMetrics: Sendable {
     private let counters = Mutex<[String: Counter]>([:])
     private let gauges = Mutex<[String: Gauge]>([:])
     private let timers = Mutex<[String: CoreMetrics.Timer]>([:])
+    private let lastEvictions = Mutex(0)
+    private let owned = Mutex<Set<TopicPartition>>([])
 
     /// The names, for documentation and the README check.
     public static let names = [
         "finch_jobs_events_consumed_total", "finch_jobs_dead_letters_total", "finch_jobs_finch_calls_total",
         "finch_jobs_finch_call_duration_seconds", "finch_jobs_results_total", "finch_jobs_event_to_result_seconds",
         "finch_jobs_finch_calls_in_flight", "finch_jobs_buffered_events", "finch_jobs_paused_partitions",
-        "finch_jobs_dedup_entries", "finch_jobs_dedup_evictions", "finch_jobs_consumer_lag",
+        "finch_jobs_dedup_entries", "finch_jobs_dedup_evictions_total", "finch_jobs_consumer_lag",
         "finch_jobs_offset_resets_total", "finch_jobs_rebalances_total", "finch_jobs_publish_failures_total",
-        "finch_jobs_token_reloads_total",
+        "finch_jobs_token_reloads_total", "finch_jobs_rewound_records_total",
     ]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -29,7 +31,7 @@ public final class WorkerMetrics: Sendable {
     /// them before the first event.
     func prepare(inputTopics: [String]) {
         for type in ["refresh.requested", "employee.w4.changed", "invalid"] { _ = counter("finch_jobs_events_consumed_total", [("type", type)]) }
-        for reason in DeadLetterReason.codes { _ = counter("finch_jobs_dead_letters_total", [("reason", reason)]) }
+        for reason in DeadLetterReason.Code.allCases { _ = counter("finch_jobs_dead_letters_total", [("reason", reason.rawValue)]) }
         for type in JobResult.types {
             for decider in DecidedBy.allCases { _ = counter("finch_jobs_results_total", [("type", type), ("decided_by", decider.rawValue)]) }
         }
@@ -40,6 +42,8 @@ public final class WorkerMetrics: Sendable {
         for topic in inputTopics { _ = counter("finch_jobs_offset_resets_total", [("topic", topic), ("partition", "all")]) }
         for outcome in ["reloaded", "failed"] { _ = counter("finch_jobs_token_reloads_total", [("outcome", outcome)]) }
         _ = counter("finch_jobs_publish_failures_total")
+        _ = counter("finch_jobs_dedup_evictions_total")
+        for topic in inputTopics { _ = counter("finch_jobs_rewound_records_total", [("topic", topic), ("partition", "all")]) }
         state(inFlight: 0, buffered: 0, pausedPartitions: 0, dedupEntries: 0, dedupEvictions: 0)
     }
 
@@ -78,8 +82,8 @@ public final class WorkerMetrics: Sendable {
         counter("finch_jobs_events_consumed_total", [("type", type)]).increment(by: Int64(count))
     }
 
-    func deadLettered(reason: String) {
-        counter("finch_jobs_dead_letters_total", [("reason", reason)]).increment()
+    func deadLettered(reason: DeadLetterReason.Code) {
+        counter("finch_jobs_dead_letters_total", [("reason", reason.rawValue)]).increment()
     }
 
     func result(type: String, decidedBy: String) {
@@ -113,15 +117,42 @@ public final class WorkerMetrics: Sendable {
         gauge("finch_jobs_buffered_events").record(buffered)
         gauge("finch_jobs_paused_partitions").record(pausedPartitions)
         gauge("finch_jobs_dedup_entries").record(dedupEntries)
-        gauge("finch_jobs_dedup_evictions").record(dedupEvictions)
+        // A counter from the deduplicator's running total: add what is new since last time.
+        let added = lastEvictions.withLock { last in
+            defer { last = max(last, dedupEvictions) }
+            return max(0, dedupEvictions - last)
+        }
+        if added > 0 { counter("finch_jobs_dedup_evictions_total").increment(by: Int64(added)) }
     }
 
     // MARK: - Kafka
 
+    /// Partitions assigned to this replica: the only ones whose lag it reports.
+    func ownLag(_ partitions: [TopicPartition]) {
+        owned.withLock { $0.formUnion(partitions) }
+    }
+
     func consumerLag(_ lag: [TopicPartition: Int64]) {
-        for (partition, value) in lag {
+        let owned = self.owned.withLock { $0 }
+        for (partition, value) in lag where owned.contains(partition) {
             gauge("finch_jobs_consumer_lag", [("topic", partition.topic), ("partition", "\(partition.partition)")]).record(value)
         }
+    }
+
+    /// Removes the lag gauges of partitions this replica no longer owns (their lag is another
+    /// replica's to report).
+    func forgetLag(_ partitions: [TopicPartition]) {
+        owned.withLock { $0.subtract(partitions) }
+        let removed = gauges.withLock { cache in
+            partitions.compactMap { partition in
+                cache.removeValue(forKey: "finch_jobs_consumer_lag|topic=\(partition.topic)|partition=\(partition.partition)")
+            }
+        }
+        for gauge in removed { gauge.destroy() }
+    }
+
+    func rewound(_ partition: TopicPartition) {
+        counter("finch_jobs_rewound_records_total", [("topic", partition.topic), ("partition", "all")]).increment()
     }
 
     func offsetReset(_ partition: TopicPartition) {

@@ -1,3 +1,4 @@
+import CRdKafka
 import Foundation
 import Logging
 
@@ -23,6 +24,13 @@ public struct KafkaClientConfiguration: Sendable {
         self.clientID = clientID
         self.properties = properties
         self.statisticsInterval = statisticsInterval
+    }
+
+    /// Checks raw librdkafka properties the way the clients will apply them.
+    /// - Throws: ``KafkaError`` `configuration` naming the property, never its value.
+    public static func checkProperties(_ properties: [String: String]) throws(KafkaError) {
+        let conf = try RDKafkaClient.makeConf(properties.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+        rd_kafka_conf_destroy(conf)
     }
 
     /// `finch-jobs-<host>-<pid>-<random>`.

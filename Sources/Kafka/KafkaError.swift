@@ -87,6 +87,57 @@ public struct KafkaError: Error, Sendable, CustomStringConvertible, Equatable {
         )
     }
 
+    /// What a failed produce (at enqueue or in the delivery report) means for the record.
+    public enum DeliveryFailure: Sendable, Hashable {
+        /// Producing it again may succeed: the broker is down or slow, the leader is moving,
+        /// the local queue is full.
+        case retriable
+        /// The record is larger than the producer's `message.max.bytes` or the broker's limit.
+        case tooLarge
+        /// The producer was closed (or purged) before the record was acknowledged.
+        case closed
+        /// It will never be accepted: authorization, an unknown topic, a fatal producer error.
+        case permanent
+        /// Nothing known about it.
+        case unknown
+    }
+
+    /// How a produce error should be handled; librdkafka has already retried what it retries
+    /// internally (up to `message.timeout.ms`) before a delivery report carries an error.
+    public var deliveryFailure: DeliveryFailure {
+        if code == .closed { return .closed }
+        if code == .fatal || code == .queueFull { return code == .fatal ? .permanent : .retriable }
+        guard let rdKafkaCode else { return .unknown }
+        switch rd_kafka_resp_err_t(rdKafkaCode) {
+        case RD_KAFKA_RESP_ERR__PURGE_QUEUE, RD_KAFKA_RESP_ERR__PURGE_INFLIGHT, RD_KAFKA_RESP_ERR__DESTROY:
+            return .closed
+        case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+            return .tooLarge
+        case RD_KAFKA_RESP_ERR__FATAL, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+             RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED, RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+             RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED,
+             RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION,
+             RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION, RD_KAFKA_RESP_ERR_POLICY_VIOLATION, RD_KAFKA_RESP_ERR_INVALID_RECORD,
+             RD_KAFKA_RESP_ERR__INVALID_ARG, RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION, RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT,
+             RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS, RD_KAFKA_RESP_ERR__INCONSISTENT:
+            return .permanent
+        default:
+            return isRetriable || Self.retriableDelivery(rd_kafka_resp_err_t(rdKafkaCode)) ? .retriable : .unknown
+        }
+    }
+
+    private static func retriableDelivery(_ err: rd_kafka_resp_err_t) -> Bool {
+        switch err {
+        case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE, RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION,
+             RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+             RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, RD_KAFKA_RESP_ERR__RETRY, RD_KAFKA_RESP_ERR__ISR_INSUFF,
+             RD_KAFKA_RESP_ERR__NODE_UPDATE, RD_KAFKA_RESP_ERR__WAIT_COORD, RD_KAFKA_RESP_ERR_THROTTLING_QUOTA_EXCEEDED:
+            return true
+        default:
+            return false
+        }
+    }
+
     private static func retriable(_ err: rd_kafka_resp_err_t) -> Bool {
         switch err {
         case RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__TIMED_OUT, RD_KAFKA_RESP_ERR__MSG_TIMED_OUT,

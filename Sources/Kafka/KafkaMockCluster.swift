@@ -22,6 +22,8 @@ public final class KafkaMockCluster: @unchecked Sendable {
     /// A Kafka protocol error a broker can be told to answer with.
     public struct BrokerError: Sendable, Hashable, CustomStringConvertible {
         let raw: rd_kafka_resp_err_t
+        /// No error: with a round-trip time, delays the request's answer.
+        public static let noError = BrokerError(raw: RD_KAFKA_RESP_ERR_NO_ERROR)
         public static let notLeaderForPartition = BrokerError(raw: RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION)
         public static let leaderNotAvailable = BrokerError(raw: RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE)
         public static let requestTimedOut = BrokerError(raw: RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT)

@@ -12,13 +12,23 @@ public final class KafkaProducer: Sendable {
     private let client: RDKafkaClient
     private let pollThread: PollThread
     private let state = Mutex(State.open)
+    /// The largest record this producer accepts (`message.max.bytes`): records sized to it
+    /// (a truncated dead letter) are not refused locally.
+    public let maxMessageBytes: Int
 
     private enum State { case open, closed }
 
     /// Creates the producer and starts its delivery-report thread.
+    /// - Parameter onFatalError: called once, on a librdkafka thread, when the producer hit a
+    ///   fatal error (for an idempotent producer: lost sequence, fencing; upstream 4438): no
+    ///   record will be accepted any more, so the application should stop and be restarted.
     /// - Throws: ``KafkaError`` with code `configuration` naming a property librdkafka rejected.
-    public init(configuration: KafkaProducerConfiguration, logger: Logger) throws(KafkaError) {
-        let context = ClientContext(logger: logger)
+    public init(configuration: KafkaProducerConfiguration, logger: Logger, onFatalError: @escaping @Sendable (KafkaError) -> Void = { _ in }) throws(KafkaError) {
+        self.maxMessageBytes = configuration.client.properties["message.max.bytes"].flatMap { Int($0) } ?? 1_000_000
+        let fatalReported = Atomic<Bool>(false)
+        let context = ClientContext(logger: logger, onError: { error in
+            if error.code == .fatal, !fatalReported.exchange(true, ordering: .acquiringAndReleasing) { onFatalError(error) }
+        })
         self.client = try RDKafkaClient(type: RD_KAFKA_PRODUCER, properties: try configuration.properties(), context: context) { conf in
             rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
                 guard let message, let opaque = message.pointee._private else { return }
@@ -165,6 +175,11 @@ public final class KafkaProducer: Sendable {
         rd_kafka_poll(client.pointer, 0)
         _ = rd_kafka_flush(client.pointer, 1_000)
         client.destroy()
+    }
+
+    /// Raises a fatal error as librdkafka would after an idempotence failure, for tests.
+    package func triggerFatalErrorForTesting() {
+        _ = rd_kafka_test_fatal_error(client.pointer, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "test: simulated fatal idempotent producer error")
     }
 
     /// The number of records waiting for their delivery report.

@@ -58,6 +58,12 @@ final class RDKafkaClient: @unchecked Sendable {
         rd_kafka_destroy(pointer)
     }
 
+    /// Destroys a consumer without the group leave that `rd_kafka_destroy` performs: after a
+    /// fatal error that leave never completes and `rd_kafka_destroy` hangs (seen on 2.0.2).
+    func destroyWithoutLeaving() {
+        rd_kafka_destroy_flags(pointer, Int32(RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE))
+    }
+
     /// The fatal error librdkafka raised, if any.
     func fatalError() -> KafkaError? {
         var errstr = [CChar](repeating: 0, count: 512)
@@ -66,13 +72,18 @@ final class RDKafkaClient: @unchecked Sendable {
         return KafkaError(code: .fatal, message: String(errorBuffer: errstr), rdKafkaCode: err.rawValue)
     }
 
+    /// Builds a librdkafka configuration.
+    /// - Throws: ``KafkaError`` `configuration` naming the rejected property and why, never
+    ///   its value (values are often secrets: `sasl.password`, `ssl.key.password`).
     static func makeConf(_ properties: [(String, String)]) throws(KafkaError) -> OpaquePointer {
         let conf = rd_kafka_conf_new()!
         var errstr = [CChar](repeating: 0, count: 512)
         for (key, value) in properties {
             if rd_kafka_conf_set(conf, key, value, &errstr, errstr.count) != RD_KAFKA_CONF_OK {
                 rd_kafka_conf_destroy(conf)
-                throw KafkaError(code: .configuration, message: "Kafka property \(key)=\(value) rejected: \(String(errorBuffer: errstr))")
+                var reason = String(errorBuffer: errstr)
+                if !value.isEmpty { reason = reason.replacingOccurrences(of: value, with: "…") }
+                throw KafkaError(code: .configuration, message: "\(key) rejected by librdkafka: \(reason)")
             }
         }
         return conf
@@ -81,9 +92,9 @@ final class RDKafkaClient: @unchecked Sendable {
 
 /// What librdkafka's C callbacks reach: the logger and the application's handlers.
 ///
-/// - Important: `@unchecked Sendable` because every stored property is immutable and Sendable;
-///   callbacks run on librdkafka's threads and on our poll threads.
-final class ClientContext: @unchecked Sendable {
+/// - Important: callbacks reach it through `rd_kafka_opaque`, on librdkafka's threads and
+///   on our poll threads; every stored property is immutable and Sendable.
+final class ClientContext: Sendable {
     let logger: Logger
     let onError: @Sendable (KafkaError) -> Void
     let onStatistics: @Sendable (KafkaStatistics) -> Void

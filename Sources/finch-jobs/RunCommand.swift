@@ -143,9 +143,10 @@ struct WorkerOptions: ParsableArguments {
         configuration.requestTimeout = requestTimeout.duration
         configuration.retry.maxAttempts = maxAttempts
         configuration.retry.budget = retryBudget.duration
-        for entry in kafkaConfig {
+        for (index, entry) in kafkaConfig.enumerated() {
             guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
-                throw WorkerConfigurationError("--kafka-config \"\(entry)\" is not key=value.")
+                // Not echoed: a misplaced value may be a secret.
+                throw WorkerConfigurationError("--kafka-config entry \(index + 1) is not key=value.")
             }
             configuration.kafkaProperties[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
         }

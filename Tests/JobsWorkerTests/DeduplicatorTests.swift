@@ -41,7 +41,7 @@ struct DeduplicatorTests {
             Issue.record("before retry_at: answered locally"); return
         }
         guard case .call = dedup.admit(key, waiter: "e-3", now: retryAt) else { Issue.record("at retry_at: call"); return }
-        _ = dedup.complete(key, with: .failed(code: "retries_exhausted", message: "x"), now: retryAt)
+        _ = dedup.complete(key, with: .failed(.retriesExhausted, message: "x"), now: retryAt)
         guard case .call = dedup.admit(key, waiter: "e-4", now: retryAt) else { Issue.record("failure not remembered"); return }
     }
 

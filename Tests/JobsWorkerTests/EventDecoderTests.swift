@@ -8,7 +8,7 @@ struct EventDecoderTests {
 
     func reason(_ text: String?) -> String? {
         guard case .failure(let reason) = decoder.decode(text.map { Array($0.utf8) }) else { return nil }
-        return reason.code
+        return reason.code.rawValue
     }
 
     @Test("Valid events of both types decode; unknown fields are ignored")
@@ -42,7 +42,7 @@ struct EventDecoderTests {
     @Test("Invalid UTF-8 and over-long fields are refused")
     func bytes() {
         guard case .failure(let utf8) = decoder.decode([0x7B, 0xFF, 0xFE, 0x7D]) else { Issue.record("invalid UTF-8 accepted"); return }
-        #expect(utf8.code == "invalid_utf8")
+        #expect(utf8.code == .invalidUTF8)
         let long = String(repeating: "x", count: 257)
         #expect(reason(#"{"type":"refresh.requested","event_id":"\#(long)","connection_id":"c"}"#) == "invalid_field")
         let deep = String(repeating: "[", count: 600) + String(repeating: "]", count: 600)

@@ -2,6 +2,15 @@ import JobsWorker
 import Kafka
 import Testing
 
+extension OffsetTracker.Reception {
+    var position: RecordPosition? {
+        switch self {
+        case .accepted(let position), .rewound(let position, _): position
+        case .duplicate, .unassigned: nil
+        }
+    }
+}
+
 @Suite("OffsetTracker")
 struct OffsetTrackerTests {
     let p0 = TopicPartition(topic: "t", partition: 0)
@@ -12,7 +21,7 @@ struct OffsetTrackerTests {
         tracker.assign([p0])
         var positions: [RecordPosition] = []
         for offset in Int64(10)..<15 {
-            let position = tracker.receive(p0, offset: offset)
+            let position = tracker.receive(p0, offset: offset).position
             positions.append(try #require(position))
         }
         #expect(tracker.watermark(p0) == 10)
@@ -33,19 +42,53 @@ struct OffsetTrackerTests {
     @Test("Records of unassigned partitions are refused; completions from an old generation are ignored")
     func generations() throws {
         var tracker = OffsetTracker()
-        #expect(tracker.receive(p0, offset: 0) == nil)
+        #expect(tracker.receive(p0, offset: 0) == .unassigned)
         tracker.assign([p0])
-        let first = tracker.receive(p0, offset: 0)
+        let first = tracker.receive(p0, offset: 0).position
         let old = try #require(first)
         tracker.remove([p0])
         tracker.assign([p0])
         #expect(!tracker.isCurrent(old))
-        let second = tracker.receive(p0, offset: 0)
+        let second = tracker.receive(p0, offset: 0).position
         let fresh = try #require(second)
         tracker.complete(old)
         #expect(tracker.unanswered == 1)
         tracker.complete(fresh)
         #expect(tracker.unanswered == 0)
         #expect(tracker.watermark(p0) == 1)
+    }
+
+    @Test("A record below the position (offset reset) is processed again and moves the watermark back; one in progress is not")
+    func rewind() throws {
+        var tracker = OffsetTracker()
+        tracker.assign([p0])
+        let ten = try #require(tracker.receive(p0, offset: 10).position)
+        let eleven = try #require(tracker.receive(p0, offset: 11).position)
+        tracker.complete(ten)
+        #expect(tracker.watermark(p0) == 11)
+        #expect(tracker.receive(p0, offset: 11) == .duplicate, "still in progress: not admitted twice")
+        guard case .rewound(let again, let expected) = tracker.receive(p0, offset: 10) else { Issue.record("offset 10 must be processed again"); return }
+        #expect(expected == 12)
+        #expect(tracker.watermark(p0) == 10, "the watermark moves back to the record being processed again")
+        #expect(tracker.unanswered == 2)
+        tracker.complete(eleven)
+        tracker.complete(again)
+        #expect(tracker.watermark(p0) == 12)
+        #expect(tracker.unanswered == 0)
+    }
+
+    @Test("An abandoned record stops counting as unanswered but the watermark never passes it")
+    func abandon() throws {
+        var tracker = OffsetTracker()
+        tracker.assign([p0])
+        let zero = try #require(tracker.receive(p0, offset: 0).position)
+        let one = try #require(tracker.receive(p0, offset: 1).position)
+        tracker.abandon(zero)
+        tracker.abandon(zero)
+        #expect(tracker.unanswered == 1)
+        tracker.complete(one)
+        #expect(tracker.unanswered == 0)
+        #expect(tracker.watermark(p0) == 0, "never committed past the abandoned record")
+        #expect(tracker.unanswered(in: [p0]) == 0)
     }
 }

@@ -39,7 +39,8 @@ struct SchemaTests {
             (.reused(job), .reuseWindow, nil),
             (.rateLimited(retryAt: Date(), lastJob: job), .rateLimitMemory, nil),
             (.rateLimited(retryAt: Date(), lastJob: nil), .finch, FinchEnqueueResult(outcome: .rateLimited(retryAt: Date(), lastJob: nil), status: 429, requestID: "r-2")),
-            (.failed(code: "no_access_token", message: "none"), .finch, nil),
+            (.failed(.noAccessToken, message: "none"), .local, nil),
+            (.created(job), .finch, FinchEnqueueResult(outcome: .created(job), status: 201, requestID: nil, allowedRefreshes: 1, remainingRefreshes: 0)),
         ]
         for key in [JobKey(connectionID: "c-1", individualID: nil), JobKey(connectionID: "c-1", individualID: "i-9")] {
             for (answer, decidedBy, finch) in answers {
@@ -75,7 +76,7 @@ struct SchemaTests {
         #expect(validator.validate(try example("dead-letter-headers.json")) == [])
         let original = KafkaRecord(topic: "finch.refresh-requested", partition: 2, offset: 41, key: Array("c-1".utf8), value: [0xFF, 0x00],
                                    headers: [KafkaHeader(key: "trace", string: "abc")], timestampMilliseconds: 1_795_917_600_000)
-        let record = DeadLetter.record(for: original, reason: DeadLetterReason(code: "invalid_utf8", message: "the value is not valid UTF-8"), topic: "finch.dead-letter")
+        let record = DeadLetter.record(for: original, reason: DeadLetterReason(.invalidUTF8, message: "the value is not valid UTF-8"), topic: "finch.dead-letter")
         #expect(record.key == original.key && record.value == original.value)
         #expect(record.headers.first == KafkaHeader(key: "trace", string: "abc"))
         let added = Dictionary(record.headers.dropFirst().map { ($0.key, $0.stringValue ?? "") }, uniquingKeysWith: { a, _ in a })

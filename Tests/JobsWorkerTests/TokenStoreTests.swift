@@ -40,4 +40,33 @@ struct TokenStoreTests {
         #expect("\(token)" == "<redacted>")
         #expect(String(reflecting: token) == "<redacted>")
     }
+
+    @Test("A Kubernetes Secret volume: tokens.json -> ..data/tokens.json, updated by swapping the ..data link, is reloaded")
+    func secretVolumeSymlinks() throws {
+        let files = FileManager.default
+        let volume = files.temporaryDirectory.appendingPathComponent(uniqueName("secret-volume"))
+        try files.createDirectory(at: volume, withIntermediateDirectories: true)
+        defer { try? files.removeItem(at: volume) }
+        /// Writes a timestamped directory with the file, as the kubelet does.
+        func version(_ name: String, _ json: String) throws {
+            let directory = volume.appendingPathComponent(name)
+            try files.createDirectory(at: directory, withIntermediateDirectories: true)
+            try Data(json.utf8).write(to: directory.appendingPathComponent("tokens.json"))
+        }
+        try version("..2026_11_29_10_00_00.1", #"{"c-1":"one"}"#)
+        try files.createSymbolicLink(atPath: volume.appendingPathComponent("..data").path, withDestinationPath: "..2026_11_29_10_00_00.1")
+        try files.createSymbolicLink(atPath: volume.appendingPathComponent("tokens.json").path, withDestinationPath: "..data/tokens.json")
+        let path = volume.appendingPathComponent("tokens.json").path
+        let store = try TokenStore(path: path, logger: quietLogger("tokens"))
+        #expect(store.token(for: "c-1")?.secret == "one")
+        #expect(store.reloadIfChanged() == false)
+
+        // The update: a new directory (same size content), then an atomic rename of a new ..data link.
+        try version("..2026_11_29_10_05_00.2", #"{"c-1":"uno"}"#)
+        try files.createSymbolicLink(atPath: volume.appendingPathComponent("..data_tmp").path, withDestinationPath: "..2026_11_29_10_05_00.2")
+        #expect(rename(volume.appendingPathComponent("..data_tmp").path, volume.appendingPathComponent("..data").path) == 0)
+        try files.removeItem(at: volume.appendingPathComponent("..2026_11_29_10_00_00.1"))
+        #expect(store.reloadIfChanged() == true, "the link swap is a change")
+        #expect(store.token(for: "c-1")?.secret == "uno")
+    }
 }

@@ -163,6 +163,11 @@ public final class RunningWorker: Sendable {
         self.task = Task { try await group.run() }
     }
 
+    /// Waits until the worker stops by itself (a failure) and rethrows its error.
+    public func exit() async throws {
+        try await task.value
+    }
+
     /// Graceful shutdown (as SIGTERM): drain, commit, leave; returns when the worker stopped.
     public func stop() async throws {
         await group.triggerGracefulShutdown()

@@ -1,0 +1,361 @@
+import FinchAPI
+import Foundation
+import Kafka
+import Logging
+import Synchronization
+
+/// Performs what ``WorkerStateMachine`` decides: produces results and dead letters, calls
+/// Finch, stores offsets, tells the consumer to fetch or not, and resumes the tasks waiting
+/// for a revoke or shutdown drain. Every input goes through one lock; Kafka and HTTP calls
+/// happen outside it.
+final class WorkerDriver: Sendable {
+    typealias Action = WorkerStateMachine.Action
+    typealias Publication = WorkerStateMachine.Publication
+
+    let configuration: WorkerConfiguration
+    private let state: Mutex<WorkerStateMachine>
+    private let producer: KafkaProducer
+    private let consumer: KafkaConsumer
+    private let finch: FinchClient
+    private let tokens: TokenStore
+    let limiter: CallLimiter
+    private let metrics: WorkerMetrics
+    private let logger: Logger
+    private let decoder: EventDecoder
+    private let now: @Sendable () -> Date
+    /// Tasks waiting for a drain, by drain id (0 is the shutdown drain).
+    private let drains = Mutex<[UInt64: CheckedContinuation<Void, Never>]>([:])
+    private let nextDrainID = Atomic<UInt64>(1)
+    /// Work started outside the event loop (Finch calls, delayed republications), run by the
+    /// service's task group so that shutdown cancels it.
+    private let jobs: AsyncStream<@Sendable () async -> Void>.Continuation
+    /// Called once when the worker must stop because Kafka refused a publication for good.
+    private let onFailure: @Sendable (String) -> Void
+
+    init(
+        configuration: WorkerConfiguration, producer: KafkaProducer, consumer: KafkaConsumer, finch: FinchClient,
+        tokens: TokenStore, metrics: WorkerMetrics, logger: Logger,
+        jobs: AsyncStream<@Sendable () async -> Void>.Continuation,
+        now: @escaping @Sendable () -> Date = Date.init,
+        onFailure: @escaping @Sendable (String) -> Void
+    ) {
+        self.configuration = configuration
+        self.state = Mutex(WorkerStateMachine(configuration: .init(
+            maxBufferedEvents: configuration.maxBufferedEvents, reuseWindow: configuration.reuseWindow, dedupCapacity: configuration.dedupCapacity
+        )))
+        self.producer = producer
+        self.consumer = consumer
+        self.finch = finch
+        self.tokens = tokens
+        self.limiter = CallLimiter(maxInFlight: configuration.maxInFlight, maxPerSecond: configuration.maxRequestsPerSecond)
+        self.metrics = metrics
+        self.logger = logger
+        self.decoder = EventDecoder(maxEventBytes: configuration.maxEventBytes)
+        self.jobs = jobs
+        self.now = now
+        self.onFailure = onFailure
+    }
+
+    var isReady: Bool { state.withLock { $0.isReady } }
+    var unanswered: Int { state.withLock { $0.tracker.unanswered } }
+
+    /// Feeds one input to the state machine and performs the actions it returns.
+    private func input(_ transition: (inout WorkerStateMachine) -> [Action]) {
+        perform(state.withLock { transition(&$0) })
+    }
+
+    // MARK: - Inputs
+
+    func admit(_ records: [KafkaRecord]) {
+        let decoded = records.map { (record: $0, decoded: decoder.decode($0.value)) }
+        var consumed: [String: Int] = [:]
+        for item in decoded {
+            switch item.decoded {
+            case .success(let event): consumed[event.kind.rawValue, default: 0] += 1
+            case .failure: consumed["invalid", default: 0] += 1
+            }
+        }
+        for (type, count) in consumed { metrics.eventConsumed(type: type, count: count) }
+        let now = self.now()
+        input { $0.admit(decoded, now: now) }
+    }
+
+    func assign(_ partitions: [TopicPartition]) {
+        metrics.rebalance(kind: "assigned", partitions: partitions.count)
+        metrics.ownLag(partitions)
+        input { $0.assigned(partitions) }
+    }
+
+    /// Waits (up to the revoke timeout, or until cancelled) for the partitions' events to be
+    /// answered, stores their offsets and stops tracking them.
+    func revoke(_ partitions: [TopicPartition]) async {
+        metrics.rebalance(kind: "revoked", partitions: partitions.count)
+        metrics.forgetLag(partitions)
+        let id = nextDrainID.wrappingAdd(1, ordering: .relaxed).oldValue
+        await waitForDrain(id: id, deadline: .now + configuration.revokeTimeout,
+                           start: { $0.revoke(partitions, id: id) },
+                           onDeadline: { $0.revokeDeadlinePassed(id: id) })
+    }
+
+    /// Drops lost partitions without storing offsets: another member may own them already.
+    func lose(_ partitions: [TopicPartition]) {
+        metrics.rebalance(kind: "lost", partitions: partitions.count)
+        metrics.forgetLag(partitions)
+        input { $0.lost(partitions) }
+    }
+
+    /// Stops fetching and waits until every admitted event is answered, `deadline` passes or
+    /// the task is cancelled; then stores the offsets.
+    func drain(until deadline: ContinuousClock.Instant) async {
+        await waitForDrain(id: 0, deadline: deadline, start: { $0.shutdownRequested() }, onDeadline: { $0.shutdownDeadlinePassed() })
+    }
+
+    /// Expires remembered answers and reports gauges.
+    func tick() {
+        let now = self.now()
+        let (entries, evictions, buffered, paused) = state.withLock { state in
+            _ = state.tick(now: now)
+            return (state.dedup.count, state.dedup.evictions, state.tracker.unanswered, state.phase == .paused)
+        }
+        metrics.state(inFlight: limiter.inFlight, buffered: buffered, pausedPartitions: paused ? consumer.assignment.count : 0, dedupEntries: entries, dedupEvictions: evictions)
+    }
+
+    // MARK: - Drains
+
+    private func waitForDrain(
+        id: UInt64, deadline: ContinuousClock.Instant,
+        start: @escaping @Sendable (inout WorkerStateMachine) -> [Action],
+        onDeadline: @escaping @Sendable (inout WorkerStateMachine) -> [Action]
+    ) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [self] in
+                do {
+                    try await Task.sleep(until: deadline)
+                } catch {
+                    return  // the drain ended first
+                }
+                input(onDeadline)
+            }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    // Registered before the input: the input may finish the drain at once.
+                    drains.withLock { $0[id] = continuation }
+                    input(start)
+                }
+            } onCancel: { [self] in
+                input(onDeadline)
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func resumeDrain(_ id: UInt64) {
+        drains.withLock { $0.removeValue(forKey: id) }?.resume()
+    }
+
+    // MARK: - Actions
+
+    private func perform(_ actions: [Action]) {
+        for action in actions {
+            switch action {
+            case .publish(let publication):
+                publish(publication)
+            case .republish(let publication, let delay):
+                if delay == .zero {
+                    publish(publication)
+                } else {
+                    schedule { [self] in
+                        do {
+                            try await Task.sleep(for: delay)
+                        } catch {
+                            input { $0.publishFailed(publication, .closed) }
+                            return
+                        }
+                        publish(publication)
+                    }
+                }
+            case .call(let key):
+                schedule { [self] in await call(key) }
+            case .setFetching(let fetching, let version):
+                if fetching {
+                    logger.notice("resuming fetching: unanswered events back under half the limit", metadata: ["unanswered": "\(unanswered)"])
+                } else {
+                    logger.notice("pausing fetching", metadata: ["unanswered": "\(unanswered)", "limit": "\(configuration.maxBufferedEvents)"])
+                }
+                consumer.setFetching(fetching, version: version)
+            case .storeOffsets(let offsets):
+                store(offsets)
+            case .finishRevoke(let id, let offsets, let unanswered):
+                store(offsets)
+                if unanswered > 0 {
+                    logger.warning("revoked partitions released with unanswered events; their new owner answers them", metadata: ["unanswered": "\(unanswered)"])
+                }
+                resumeDrain(id)
+            case .finishShutdown(let offsets, let unanswered):
+                store(offsets)
+                if unanswered > 0 {
+                    logger.warning("shutdown timeout: some events stay unanswered and uncommitted", metadata: ["unanswered": "\(unanswered)"])
+                }
+                resumeDrain(0)
+            case .fail(let reason):
+                logger.critical("Kafka refused a publication for good; the worker stops (its events stay uncommitted)", metadata: ["reason": "\(reason)"])
+                onFailure(reason)
+            case .rewound(let partition, let offset, let expected):
+                logger.warning("record below its partition's position processed again (offset reset or re-fetch)", metadata: [
+                    "topic": "\(partition.topic)", "partition": "\(partition.partition)", "offset": "\(offset)", "expected": "\(expected)",
+                ])
+                metrics.rewound(partition)
+            }
+        }
+    }
+
+    private func schedule(_ job: @escaping @Sendable () async -> Void) {
+        if case .terminated = jobs.yield(job) {
+            // The service is stopping: nothing runs any more, so nothing is answered.
+            logger.debug("work dropped at shutdown")
+        }
+    }
+
+    private func store(_ offsets: [TopicPartition: Int64]) {
+        guard !offsets.isEmpty else { return }
+        for (partition, error) in consumer.storeOffsets(offsets) {
+            logger.debug("offset not stored", metadata: ["partition": "\(partition)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: - Publishing
+
+    /// Produces a publication; Kafka's answer comes back as an input.
+    private func publish(_ next: Publication) {
+        var attempt = next
+        attempt.attempts += 1
+        let publication = attempt
+        let record = makeRecord(publication)
+        let refused = producer.send(record) { [self] delivery in
+            switch delivery {
+            case .success:
+                acknowledged(publication)
+                input { $0.acknowledged(publication.events) }
+            case .failure(let error):
+                refusedPublication(publication, error)
+            }
+        }
+        if let refused { refusedPublication(publication, refused) }
+    }
+
+    private func refusedPublication(_ publication: Publication, _ error: KafkaError) {
+        metrics.publishFailed()
+        let failure = WorkerStateMachine.PublishFailure(error, attempts: publication.attempts)
+        if failure != .closed {
+            logger.log(level: failure == .retriable ? .warning : .error, "Kafka did not accept a record; deciding what to do", metadata: [
+                "topic": "\(configuration.topic(of: publication))", "error": "\(error)", "attempt": "\(publication.attempts)", "failure": "\(failure)",
+            ])
+        }
+        input { $0.publishFailed(publication, failure) }
+    }
+
+    private func makeRecord(_ publication: Publication) -> KafkaProducerRecord {
+        switch publication.content {
+        case .result(let result):
+            return result.record(topic: configuration.resultsTopic, source: configuration.resultSource)
+        case .deadLetter(let record, let reason, let truncation):
+            return DeadLetter.record(for: record, reason: reason, topic: configuration.deadLetterTopic, truncation: truncation, maxRecordBytes: producer.maxMessageBytes)
+        }
+    }
+
+    private func acknowledged(_ publication: Publication) {
+        switch publication.content {
+        case .result(let result):
+            metrics.result(type: result.type, decidedBy: result.decidedBy)
+            let now = Date().timeIntervalSince1970
+            for event in publication.events {
+                if let timestamp = event.timestampMilliseconds { metrics.eventToResult(seconds: now - Double(timestamp) / 1_000) }
+            }
+        case .deadLetter(let record, let reason, let truncation):
+            metrics.deadLettered(reason: reason.code)
+            logger.warning("invalid event sent to the dead-letter topic", metadata: [
+                "reason": "\(reason.code.rawValue)", "detail": "\(reason.message)", "topic": "\(record.topic)",
+                "partition": "\(record.partition)", "offset": "\(record.offset)", "truncated": "\(truncation != .none)",
+            ])
+        }
+    }
+
+    // MARK: - Calling Finch
+
+    /// Calls Finch for `key` (retrying transient failures within the policy, within the call
+    /// limits) and feeds the answer to the state machine.
+    private func call(_ key: JobKey) async {
+        guard let token = tokens.token(for: key.connectionID) else {
+            let answer = JobAnswer.failed(.noAccessToken, message: "the tokens file has no access token for connection \(key.connectionID)")
+            let now = self.now()
+            input { $0.callFinished(key, answer: answer, decidedBy: .local, finch: nil, attempts: 0, now: now) }
+            return
+        }
+        let started = ContinuousClock.now
+        var attempts = 0
+        while true {
+            do {
+                try await limiter.acquire()
+            } catch {
+                return abandon(key)
+            }
+            attempts += 1
+            let result = await finch.enqueue(key.request, token: token)
+            let slowDown: Duration? = result.error?.code == .applicationRateLimited ? max(result.error?.retryAfter ?? .seconds(1), .seconds(1)) : nil
+            limiter.release(slowDown: slowDown)
+            metrics.finchCall(status: result.status, duration: result.latency)
+            if let error = result.error {
+                let delay = configuration.retry.delay(afterAttempts: attempts, elapsed: ContinuousClock.now - started, error: error)
+                logger.log(level: delay == nil ? .error : .warning, "Finch call failed", metadata: [
+                    "connection_id": "\(key.connectionID)", "job_type": "\(key.jobType)", "attempt": "\(attempts)",
+                    "error": "\(error.code)", "finch_status": "\(error.status.map(String.init) ?? "none")",
+                    "finch_request_id": "\(error.requestID ?? "none")", "retry_in": "\(delay.map(DurationText.format) ?? "never")",
+                ])
+                if let delay {
+                    do {
+                        try await Task.sleep(for: delay)
+                    } catch {
+                        return abandon(key)
+                    }
+                    continue
+                }
+            }
+            if case .created(let job) = result.outcome {
+                logger.info("Finch job created", metadata: ["connection_id": "\(key.connectionID)", "job_id": "\(job.jobID)", "job_type": "\(key.jobType)", "finch_request_id": "\(result.requestID ?? "none")"])
+            }
+            let answer = JobAnswer(result, attempts: attempts)
+            let now = self.now()
+            input { $0.callFinished(key, answer: answer, finch: result, attempts: attempts, now: now) }
+            return
+        }
+    }
+
+    private func abandon(_ key: JobKey) {
+        logger.warning("Finch call abandoned at shutdown; its events stay uncommitted", metadata: ["connection_id": "\(key.connectionID)"])
+        input { $0.callAbandoned(key) }
+    }
+}
+
+extension WorkerStateMachine.PublishFailure {
+    /// What a refused record's error means for the worker. Errors librdkafka does not mark
+    /// retriable and we do not know are tried a few times, then treated as permanent, so a
+    /// partition never waits forever on an error nobody anticipated.
+    init(_ error: KafkaError, attempts: Int) {
+        switch error.deliveryFailure {
+        case .closed: self = .closed
+        case .tooLarge: self = .tooLarge
+        case .retriable: self = .retriable
+        case .permanent: self = .permanent("\(error)")
+        case .unknown: self = attempts < 10 ? .retriable : .permanent("\(error) (after \(attempts) attempts)")
+        }
+    }
+}
+
+extension WorkerConfiguration {
+    func topic(of publication: WorkerStateMachine.Publication) -> String {
+        switch publication.content {
+        case .result: resultsTopic
+        case .deadLetter: deadLetterTopic
+        }
+    }
+}

@@ -1,0 +1,336 @@
+import FinchAPI
+import Foundation
+import Kafka
+
+/// An admitted event waiting for its answer.
+struct PendingEvent: Sendable, Hashable {
+    let eventID: String
+    let position: RecordPosition
+    /// The Kafka record's timestamp (ms since the epoch), for event-to-result latency.
+    let timestampMilliseconds: Int64?
+}
+
+/// Everything the worker decides, as a pure state machine: the phase it is in, the
+/// deduplicator, the offset tracker, backpressure, revoke and shutdown drains, and what a
+/// refused publication leads to. Each input returns the actions the driver (``WorkerDriver``)
+/// performs outside the lock, in order. Time comes in as an argument: no clock, no I/O here.
+///
+/// Phases: `joining` (no assignment yet) → `running` ⇄ `paused` (backpressure) →
+/// `shuttingDown` (SIGTERM: stop fetching, drain) or `failed` (Kafka refused a publication for
+/// good: stop fetching, drain what can be answered, exit non-zero) → `stopped`. A revoke
+/// drain (`revoking`) runs beside `running` or `paused`: the rebalance callback waits for it.
+struct WorkerStateMachine: Sendable {
+    enum Phase: Sendable, Equatable {
+        case joining, running, paused, shuttingDown, failed, stopped
+    }
+
+    struct Configuration: Sendable {
+        var maxBufferedEvents: Int
+        var reuseWindow: Duration
+        var dedupCapacity: Int
+        var maxEventIDsPerResult = JobResult.maxEventIDs
+        /// The first delay before producing a refused record again; doubles up to `maxRepublishDelay`.
+        var republishDelay: Duration = .milliseconds(100)
+        var maxRepublishDelay: Duration = .seconds(5)
+    }
+
+    /// One record to produce and the events it answers once Kafka acknowledged it.
+    struct Publication: Sendable {
+        enum Content: Sendable {
+            case result(JobResult)
+            case deadLetter(KafkaRecord, DeadLetterReason, DeadLetter.Truncation)
+        }
+        var content: Content
+        let events: [PendingEvent]
+        /// Attempts so far (0 before the first).
+        var attempts = 0
+    }
+
+    /// Why a publication was refused, as far as deciding what to do goes.
+    enum PublishFailure: Sendable, Equatable {
+        /// Worth producing again (broker down, timeout, full local queue, leader moving).
+        case retriable
+        /// The record is larger than Kafka accepts.
+        case tooLarge
+        /// The producer is closing: the events stay unanswered and uncommitted.
+        case closed
+        /// Nothing this process does will get it accepted (authorization, unknown topic,
+        /// fatal idempotent-producer error).
+        case permanent(String)
+    }
+
+    enum Action: Sendable {
+        case publish(Publication)
+        /// Produce again after a delay (bounded exponential backoff).
+        case republish(Publication, after: Duration)
+        case call(JobKey)
+        /// Ask the consumer to fetch or not; the highest `version` wins, so actions applied
+        /// out of order still leave the newest decision in force.
+        case setFetching(Bool, version: UInt64)
+        case storeOffsets([TopicPartition: Int64])
+        /// The revoke drain `id` is over: store `offsets`, then release the partitions.
+        case finishRevoke(id: UInt64, offsets: [TopicPartition: Int64], unanswered: Int)
+        /// The shutdown drain is over: store `offsets`, flush, commit, leave.
+        case finishShutdown(offsets: [TopicPartition: Int64], unanswered: Int)
+        /// A publication was refused for good: stop the worker with this reason.
+        case fail(String)
+        /// Records arrived below their partition's position (offset reset or re-fetch).
+        case rewound(TopicPartition, offset: Int64, expected: Int64)
+    }
+
+    private struct RevokeDrain: Sendable {
+        let id: UInt64
+        let partitions: [TopicPartition]
+    }
+
+    let configuration: Configuration
+    private(set) var phase: Phase = .joining
+    private(set) var dedup: Deduplicator<PendingEvent>
+    private(set) var tracker = OffsetTracker()
+    private var revoking: RevokeDrain?
+    private var shutdownPending = false
+    private var fetchingVersion: UInt64 = 0
+    /// The reason the worker failed, once it did.
+    private(set) var failure: String?
+
+    init(configuration: Configuration) {
+        self.configuration = configuration
+        self.dedup = Deduplicator(reuseWindow: configuration.reuseWindow, capacity: configuration.dedupCapacity)
+    }
+
+    /// Ready while the group has assigned this member its partitions and it is neither
+    /// stopping nor failed.
+    var isReady: Bool { phase == .running || phase == .paused }
+    var isFetching: Bool { phase == .running || phase == .joining }
+
+    // MARK: - Rebalances
+
+    mutating func assigned(_ partitions: [TopicPartition]) -> [Action] {
+        tracker.assign(partitions)
+        if phase == .joining { phase = .running }
+        return flowControl()
+    }
+
+    /// Starts draining revoked partitions. Returns `finishRevoke` at once when nothing of
+    /// them is unanswered or the worker is stopping; otherwise it comes from a later
+    /// acknowledgement or ``revokeDeadlinePassed(id:)``.
+    mutating func revoke(_ partitions: [TopicPartition], id: UInt64) -> [Action] {
+        revoking = RevokeDrain(id: id, partitions: partitions)
+        if tracker.unanswered(in: partitions) == 0 || phase == .shuttingDown || phase == .failed || phase == .stopped {
+            return finishRevoke()
+        }
+        return []
+    }
+
+    mutating func revokeDeadlinePassed(id: UInt64) -> [Action] {
+        guard revoking?.id == id else { return [] }
+        return finishRevoke()
+    }
+
+    private mutating func finishRevoke() -> [Action] {
+        guard let drain = revoking else { return [] }
+        revoking = nil
+        let unanswered = tracker.unanswered(in: drain.partitions)
+        let offsets = tracker.advancedWatermarks(in: drain.partitions)
+        tracker.remove(drain.partitions)
+        return [.finishRevoke(id: drain.id, offsets: offsets, unanswered: unanswered)] + flowControl()
+    }
+
+    /// Lost partitions: another member may own them already. Drop their work, store nothing.
+    mutating func lost(_ partitions: [TopicPartition]) -> [Action] {
+        tracker.remove(partitions)
+        var actions = flowControl()
+        if let drain = revoking, tracker.unanswered(in: drain.partitions) == 0 { actions += finishRevoke() }
+        return actions + finishShutdownIfDrained()
+    }
+
+    // MARK: - Admission
+
+    /// Admits a batch: invalid records become dead letters, answers known locally become
+    /// results (grouped per key), and keys that need Finch become `call`s.
+    mutating func admit(_ batch: [(record: KafkaRecord, decoded: Result<JobEvent, DeadLetterReason>)], now: Date) -> [Action] {
+        var actions: [Action] = []
+        var local: [LocalAnswer: [PendingEvent]] = [:]
+        var localOrder: [LocalAnswer] = []
+        for (record, decoded) in batch {
+            let position: RecordPosition
+            switch tracker.receive(record.topicPartition, offset: record.offset) {
+            case .accepted(let accepted): position = accepted
+            case .rewound(let accepted, let expected):
+                position = accepted
+                actions.append(.rewound(record.topicPartition, offset: record.offset, expected: expected))
+            case .duplicate, .unassigned: continue
+            }
+            switch decoded {
+            case .failure(let reason):
+                let event = PendingEvent(eventID: "", position: position, timestampMilliseconds: nil)
+                actions.append(.publish(Publication(content: .deadLetter(record, reason, .none), events: [event])))
+            case .success(let event):
+                let pending = PendingEvent(eventID: event.eventID, position: position, timestampMilliseconds: record.timestampMilliseconds)
+                switch dedup.admit(event.key, waiter: pending, now: now) {
+                case .call: actions.append(.call(event.key))
+                case .joined: break
+                case .answered(let answer, let decidedBy):
+                    let group = LocalAnswer(key: event.key, answer: answer, decidedBy: decidedBy)
+                    if local[group] == nil { localOrder.append(group) }
+                    local[group, default: []].append(pending)
+                }
+            }
+        }
+        for group in localOrder {
+            actions += results(group.key, events: local[group]!, answer: group.answer, decidedBy: group.decidedBy, finch: nil, attempts: 0, now: now)
+        }
+        return actions + flowControl()
+    }
+
+    /// Answers decided locally while admitting one batch, grouped into one result each.
+    private struct LocalAnswer: Hashable {
+        let key: JobKey
+        let answer: JobAnswer
+        let decidedBy: DecidedBy
+    }
+
+    // MARK: - Finch calls
+
+    /// Finch's final answer for `key` (or the worker's own, `decidedBy` `.local`, when no
+    /// call could be made): one result for the event that started the call, one for those
+    /// that joined it. When the first event's partition was revoked meanwhile, the first
+    /// event still assigned gets the answer as Finch gave it.
+    mutating func callFinished(_ key: JobKey, answer: JobAnswer, decidedBy: DecidedBy = .finch, finch: FinchEnqueueResult?, attempts: Int, now: Date) -> [Action] {
+        let waiters = dedup.complete(key, with: answer, now: now).filter { tracker.isCurrent($0.position) }
+        guard let first = waiters.first else { return [] }
+        if decidedBy == .local {
+            return results(key, events: waiters, answer: answer, decidedBy: .local, finch: nil, attempts: 0, now: now)
+        }
+        return results(key, events: [first], answer: answer, decidedBy: decidedBy, finch: finch, attempts: attempts, now: now)
+            + results(key, events: Array(waiters.dropFirst()), answer: answer.forJoiners, decidedBy: .inFlight, finch: nil, attempts: 0, now: now)
+    }
+
+    /// A call given up without an answer (shutdown): its events stay unanswered and
+    /// uncommitted; the next owner of their partitions answers them.
+    mutating func callAbandoned(_ key: JobKey) -> [Action] {
+        _ = dedup.abandon(key)
+        return []
+    }
+
+    private func results(_ key: JobKey, events: [PendingEvent], answer: JobAnswer, decidedBy: DecidedBy, finch: FinchEnqueueResult?, attempts: Int, now: Date) -> [Action] {
+        stride(from: 0, to: events.count, by: configuration.maxEventIDsPerResult).map { start in
+            let chunk = Array(events[start..<min(events.count, start + configuration.maxEventIDsPerResult)])
+            let result = JobResult(key: key, eventIDs: chunk.map(\.eventID), answer: answer, decidedBy: decidedBy, finch: finch, attempts: attempts, at: now)
+            return .publish(Publication(content: .result(result), events: chunk))
+        }
+    }
+
+    // MARK: - Publications
+
+    /// Kafka acknowledged a publication: its events are answered.
+    mutating func acknowledged(_ events: [PendingEvent]) -> [Action] {
+        for event in events { tracker.complete(event.position) }
+        var partitions: [TopicPartition] = []
+        for event in events where !partitions.contains(event.position.partition) { partitions.append(event.position.partition) }
+        let offsets = tracker.advancedWatermarks(in: partitions)
+        var actions: [Action] = offsets.isEmpty ? [] : [.storeOffsets(offsets)]
+        if let drain = revoking, tracker.unanswered(in: drain.partitions) == 0 { actions += finishRevoke() }
+        return actions + finishShutdownIfDrained() + flowControl()
+    }
+
+    /// Kafka refused a publication. Retriable failures are produced again with bounded
+    /// backoff; a dead letter too large is truncated (its value, then everything but our own
+    /// headers); anything permanent fails the worker, whose events stay uncommitted.
+    mutating func publishFailed(_ publication: Publication, _ failure: PublishFailure) -> [Action] {
+        var next = publication
+        switch failure {
+        case .retriable:
+            let exponent = min(publication.attempts - 1, 16)
+            let delay = min(configuration.republishDelay * (1 << max(0, exponent)), configuration.maxRepublishDelay)
+            return [.republish(next, after: delay)]
+        case .tooLarge:
+            if case .deadLetter(let record, let reason, let truncation) = publication.content, truncation < .everything {
+                next.content = .deadLetter(record, reason, DeadLetter.Truncation(rawValue: truncation.rawValue + 1)!)
+                return [.republish(next, after: .zero)]
+            }
+            return giveUp(publication, reason: "Kafka refused a record as too large even without its value")
+        case .closed:
+            for event in publication.events { tracker.abandon(event.position) }
+            return finishShutdownIfDrained()
+        case .permanent(let reason):
+            return giveUp(publication, reason: reason)
+        }
+    }
+
+    private mutating func giveUp(_ publication: Publication, reason: String) -> [Action] {
+        for event in publication.events { tracker.abandon(event.position) }
+        var actions: [Action] = []
+        if phase != .failed, phase != .stopped {
+            failure = reason
+            let wasShuttingDown = phase == .shuttingDown
+            phase = .failed
+            actions.append(.fail(reason))
+            if !wasShuttingDown { actions += stopFetching() }
+        }
+        if let drain = revoking, tracker.unanswered(in: drain.partitions) == 0 { actions += finishRevoke() }
+        return actions + finishShutdownIfDrained()
+    }
+
+    // MARK: - Shutdown
+
+    /// SIGTERM (or a failure): stop fetching and drain. `finishShutdown` comes at once when
+    /// nothing is unanswered, else from the acknowledgement that answers the last event or
+    /// from ``shutdownDeadlinePassed()``.
+    mutating func shutdownRequested() -> [Action] {
+        guard phase != .stopped, !shutdownPending else { return [] }
+        shutdownPending = true
+        var actions: [Action] = []
+        if phase != .failed {
+            actions += stopFetching()
+            phase = .shuttingDown
+        }
+        return actions + finishShutdownIfDrained()
+    }
+
+    mutating func shutdownDeadlinePassed() -> [Action] {
+        guard shutdownPending else { return [] }
+        return finishShutdown()
+    }
+
+    private mutating func finishShutdownIfDrained() -> [Action] {
+        guard shutdownPending, tracker.unanswered == 0 else { return [] }
+        return finishShutdown()
+    }
+
+    private mutating func finishShutdown() -> [Action] {
+        shutdownPending = false
+        let unanswered = tracker.unanswered
+        if phase != .failed { phase = .stopped }
+        return [.finishShutdown(offsets: tracker.advancedWatermarks(), unanswered: unanswered)]
+    }
+
+    // MARK: - Housekeeping and flow control
+
+    /// Expires remembered answers.
+    mutating func tick(now: Date) -> [Action] {
+        dedup.expire(now: now)
+        return []
+    }
+
+    private mutating func stopFetching() -> [Action] {
+        fetchingVersion += 1
+        return [.setFetching(false, version: fetchingVersion)]
+    }
+
+    /// Pauses fetching past `maxBufferedEvents` unanswered events and resumes at half of it.
+    private mutating func flowControl() -> [Action] {
+        let limit = configuration.maxBufferedEvents
+        switch phase {
+        case .running where tracker.unanswered > limit:
+            phase = .paused
+            return stopFetching()
+        case .paused where tracker.unanswered <= limit / 2:
+            phase = .running
+            fetchingVersion += 1
+            return [.setFetching(true, version: fetchingVersion)]
+        default:
+            return []
+        }
+    }
+}

@@ -1,0 +1,96 @@
+import CRdKafka
+import Logging
+
+/// Handles librdkafka's rebalance callback on the poll thread: applies the assignment change
+/// and lets the application finish revoked partitions first.
+final class ConsumerRebalancer: Sendable {
+    private let core: ConsumerCore
+    private let timeout: Duration
+
+    init(core: ConsumerCore, timeout: Duration) {
+        self.core = core
+        self.timeout = timeout
+    }
+
+    func handle(rk: OpaquePointer, err: rd_kafka_resp_err_t, partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
+        let logger = core.logger
+        let continuation = core.continuation
+        let cooperative = rd_kafka_rebalance_protocol(rk).map { String(cString: $0) } == "COOPERATIVE"
+        let changed = TopicPartition.elements(of: partitions).map(\.0)
+        switch err {
+        case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            if let error = apply(assign: true, cooperative: cooperative, rk: rk, partitions: partitions) {
+                logger.error("Kafka assign failed", metadata: ["error": "\(error)"])
+                continuation.yield(.error(error))
+            }
+            // A partition assigned while the application wants no records starts paused.
+            let toPause = core.state.withLock { $0.assigned(changed, incremental: cooperative) }
+            if !toPause.isEmpty {
+                let list = TopicPartition.makeList(toPause.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
+                defer { rd_kafka_topic_partition_list_destroy(list) }
+                _ = rd_kafka_pause_partitions(rk, list)
+            }
+            logger.info("partitions assigned", metadata: ["partitions": "\(changed.sorted().map(\.description))"])
+            continuation.yield(.assigned(changed))
+
+        case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+            let lost = rd_kafka_assignment_lost(rk) != 0
+            logger.info(lost ? "partitions lost" : "partitions revoked", metadata: ["partitions": "\(changed.sorted().map(\.description))"])
+            let acknowledgement = RebalanceAcknowledgement()
+            if core.isListening {
+                continuation.yield(lost ? .lost(changed, acknowledgement) : .revoked(changed, acknowledgement))
+                if !acknowledgement.wait(timeout: timeout) {
+                    logger.warning("revoked partitions released before the application acknowledged", metadata: ["timeout": "\(timeout)"])
+                }
+            }
+            if !lost {
+                // Commit what the application stored now, synchronously, while this member is
+                // still in the current generation. The commit librdkafka makes at unassign can
+                // race with the rejoin that follows, and a coordinator that is rebalancing
+                // again rejects it (REBALANCE_IN_PROGRESS): the next owner would then repeat
+                // records that were already answered. A refusal with ILLEGAL_GENERATION
+                // (upstream 4059) makes librdkafka treat the assignment as lost and rejoin.
+                let err = rd_kafka_commit(rk, nil, 0)
+                if err != RD_KAFKA_RESP_ERR_NO_ERROR, err != RD_KAFKA_RESP_ERR__NO_OFFSET {
+                    logger.warning("commit of revoked partitions failed; their next owner may repeat some records", metadata: [
+                        "error": "\(KafkaError.from(err, code: .commit))",
+                    ])
+                }
+            }
+            if let error = apply(assign: false, cooperative: cooperative, rk: rk, partitions: partitions) {
+                logger.error("Kafka unassign failed", metadata: ["error": "\(error)"])
+                continuation.yield(.error(error))
+            }
+            let wasPaused = core.state.withLock { $0.unassigned(changed, incremental: cooperative) }
+            if !wasPaused.isEmpty {
+                let list = TopicPartition.makeList(wasPaused.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
+                defer { rd_kafka_topic_partition_list_destroy(list) }
+                _ = rd_kafka_resume_partitions(rk, list)
+            }
+
+        default:
+            let error = KafkaError.from(err, code: .rebalance, context: "rebalance failed")
+            logger.error("Kafka rebalance error", metadata: ["error": "\(error)"])
+            _ = rd_kafka_assign(rk, nil)
+            let wasPaused = core.state.withLock { $0.unassigned([], incremental: false) }
+            if !wasPaused.isEmpty {
+                let list = TopicPartition.makeList(wasPaused.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
+                defer { rd_kafka_topic_partition_list_destroy(list) }
+                _ = rd_kafka_resume_partitions(rk, list)
+            }
+            continuation.yield(.error(error))
+        }
+    }
+
+    private func apply(
+        assign: Bool, cooperative: Bool, rk: OpaquePointer,
+        partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+    ) -> KafkaError? {
+        if cooperative {
+            let error = assign ? rd_kafka_incremental_assign(rk, partitions) : rd_kafka_incremental_unassign(rk, partitions)
+            return error.map { KafkaError.consuming($0, code: .rebalance) }
+        }
+        let err = rd_kafka_assign(rk, assign ? partitions : nil)
+        return err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError.from(err, code: .rebalance)
+    }
+}

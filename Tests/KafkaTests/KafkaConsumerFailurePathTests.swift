@@ -1,0 +1,143 @@
+import Foundation
+@testable import Kafka
+import Synchronization
+import TestSupport
+import Testing
+
+/// The consumer's defences against librdkafka 2.0.2's known bugs and against its own
+/// failures: each test reproduces the fault on the mock cluster.
+@Suite("Consumer failure paths (librdkafka 2.0.2 bugs)", .serialized, .timeLimit(.minutes(3)))
+struct KafkaConsumerFailurePathTests {
+    func produce(_ count: Int, to topic: String, on cluster: KafkaMockCluster, prefix: String = "") async throws {
+        let producer = try cluster.producer()
+        defer { producer.close() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<count {
+                group.addTask {
+                    _ = try await producer.send(KafkaProducerRecord(topic: topic, key: Array("k\(index % 97)".utf8), value: Array("\(prefix)\(index)".utf8)))
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Offsets per partition that were never handed over between the first and last seen.
+    func gaps(in records: [KafkaRecord]) -> [TopicPartition: [Int64]] {
+        var missing: [TopicPartition: [Int64]] = [:]
+        for (partition, group) in Dictionary(grouping: records, by: \.topicPartition) {
+            let seen = Set(group.map(\.offset))
+            let holes = (0..<(seen.max()! + 1)).filter { !seen.contains($0) }
+            if !holes.isEmpty { missing[partition] = holes }
+        }
+        return missing
+    }
+
+    @Test("A storm of pause/resume while records flow leaves no gap in the consumed offsets (upstream 4208)")
+    func pauseResumeStorm() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("storm")
+        try cluster.createTopic(topic, partitions: 4)
+        try await produce(20_000, to: topic, on: cluster)
+        let consumer = ConsumerDriver(try cluster.consumer(group: uniqueName("storm"), topics: [topic], maxBatchSize: 50))
+        let toggles = Task {
+            var version: UInt64 = 0
+            for _ in 0..<400 {
+                version += 1
+                // Out of order on purpose: an older decision arriving late must not win.
+                consumer.consumer.setFetching(version % 2 == 0, version: version + 1)
+                consumer.consumer.setFetching(version % 2 != 0, version: version)
+                version += 1
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 1...7)))
+            }
+        }
+        _ = await toggles.value
+        #expect(consumer.snapshot.records.count < 20_000, "the storm overlapped the flow of records")
+        consumer.consumer.setFetching(true, version: .max)
+        try await waitUntil("every record consumed after the storm", timeout: .seconds(120)) {
+            Set(consumer.snapshot.records.map { "\($0.topicPartition)@\($0.offset)" }).count >= 20_000
+        }
+        let records = consumer.snapshot.records
+        #expect(gaps(in: records).isEmpty)
+        #expect(Set(records.map { "\($0.topicPartition)@\($0.offset)" }).count == 20_000)
+        await consumer.close()
+    }
+
+    @Test("Resuming when fetching already is re-fetches nothing; a partition paused when revoked comes back unpaused (upstream 4636)")
+    func resumeOnlyWhatIsPaused() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("resume")
+        try cluster.createTopic(topic, partitions: 2)
+        try await produce(500, to: topic, on: cluster, prefix: "a")
+        let consumer = ConsumerDriver(try cluster.consumer(group: uniqueName("resume"), topics: [topic]))
+        try await waitUntil("the first records read") { consumer.snapshot.records.count == 500 }
+        for version in UInt64(1)...20 { consumer.consumer.setFetching(true, version: version) }
+        consumer.consumer.setFetching(false, version: 21)
+        try await waitUntil("both partitions paused") { consumer.consumer.pausedPartitions.count == 2 }
+        consumer.consumer.setFetching(true, version: 22)
+        try await waitUntil("both partitions resumed") { consumer.consumer.pausedPartitions.isEmpty }
+        try await produce(500, to: topic, on: cluster, prefix: "b")
+        try await waitUntil("the second records read") { consumer.snapshot.records.count >= 1_000 }
+        let records = consumer.snapshot.records
+        #expect(records.count == 1_000, "no record handed over twice")
+        #expect(gaps(in: records).isEmpty)
+        await consumer.close()
+    }
+
+    @Test("After a fatal error the consumer closes; calls that need the handle answer `closed` instead of touching a destroyed one")
+    func fatalErrorClosesSafely() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("fatal")
+        try cluster.createTopic(topic, partitions: 2)
+        let consumer = ConsumerDriver(try cluster.consumer(group: uniqueName("fatal"), topics: [topic]))
+        try await waitUntil("assigned") { consumer.snapshot.assigned.count == 2 }
+        consumer.consumer.triggerFatalErrorForTesting()
+        try await waitUntil("the fatal error reported") { consumer.snapshot.errors.contains { $0.code == .fatal } }
+        await consumer.close()
+        let failures = consumer.consumer.storeOffsets([TopicPartition(topic: topic, partition: 0): 1])
+        #expect(failures.values.map(\.code) == [.closed])
+        #expect(throws: KafkaError.self) { try consumer.consumer.commit() }
+        #expect(throws: KafkaError.self) { _ = try consumer.consumer.committed([TopicPartition(topic: topic, partition: 0)]) }
+    }
+
+    @Test("Stores racing a close never reach a destroyed handle", arguments: 1...3)
+    func storesRacingClose(round: Int) async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("race")
+        try cluster.createTopic(topic, partitions: 2)
+        let consumer = ConsumerDriver(try cluster.consumer(group: uniqueName("race"), topics: [topic]))
+        try await waitUntil("assigned") { consumer.snapshot.assigned.count == 2 }
+        let storing = Task.detached {
+            var refused = 0
+            var offset: Int64 = 0
+            while refused < 100 {
+                let result = consumer.consumer.storeOffsets([TopicPartition(topic: topic, partition: 0): offset])
+                if result.values.contains(where: { $0.code == .closed }) { refused += 1 }
+                offset += 1
+            }
+            return refused
+        }
+        await consumer.close()
+        #expect(await storing.value == 100, "stores after close are refused, and none crashed")
+    }
+
+    @Test("A member that joined but was not assigned yet closes without librdkafka's abort (upstream 4381)")
+    func closeBeforeFirstAssignment() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("early")
+        try cluster.createTopic(topic, partitions: 2)
+        // Hold the coordinator's SyncGroup answer, after a refused JoinGroup and Heartbeat, so
+        // the member is between JoinGroup and its first assignment when it is closed.
+        cluster.pushRequestErrors(.joinGroup, [.rebalanceInProgress])
+        cluster.pushRequestErrors(.heartbeat, [.rebalanceInProgress])
+        try cluster.pushRequestError(.syncGroup, .noError, broker: 1, rtt: .seconds(6))
+        let consumer = ConsumerDriver(try cluster.consumer(group: uniqueName("early"), topics: [topic]))
+        try await Task.sleep(for: .milliseconds(3_500))  // the fault's own timing: mid-join on purpose
+        #expect(consumer.snapshot.assigned.isEmpty, "the fault held the first assignment back")
+        await consumer.close()
+        // Reaching this line is the assertion: 2.0.2 aborts the process here without the defence.
+        cluster.clearRequestErrors(.syncGroup)
+        let second = ConsumerDriver(try cluster.consumer(group: uniqueName("early-2"), topics: [topic]))
+        try await waitUntil("a fresh member still works") { second.snapshot.assigned.count == 2 }
+        await second.close()
+    }
+}
