@@ -64,5 +64,50 @@ struct DeduplicatorTests {
         dedup.expire(now: t0 + 100)
         #expect(dedup.count == 1, "only the call admitted again remains (in flight)")
     }
-}
 
+    @Test("Expiry goes by each answer's own deadline: a one-hour retry_at does not hold back later 60 s entries")
+    func expiryByDeadline() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
+        let quota = JobKey(connectionID: "c-q", individualID: nil)
+        _ = dedup.admit(quota, waiter: "q", now: t0)
+        _ = dedup.complete(quota, with: .rateLimited(retryAt: t0 + 3_600, lastJob: nil), now: t0)
+        for n in 0..<10 {
+            let other = JobKey(connectionID: "c-\(n)", individualID: nil)
+            _ = dedup.admit(other, waiter: "e-\(n)", now: t0)
+            _ = dedup.complete(other, with: .created(job), now: t0)
+        }
+        #expect(dedup.count == 11)
+        dedup.expire(now: t0 + 61)
+        #expect(dedup.count == 1, "the 60 s entries expired behind the one-hour one")
+        guard case .answered(.rateLimited, .rateLimitMemory) = dedup.admit(quota, waiter: "q2", now: t0 + 61) else {
+            Issue.record("the quota answer is still remembered"); return
+        }
+    }
+
+    @Test("Past capacity the answer that expires first is evicted, not the oldest remembered")
+    func capacityEvictsSoonestExpiry() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 2)
+        let quota = JobKey(connectionID: "c-q", individualID: nil)
+        _ = dedup.admit(quota, waiter: "q", now: t0)
+        _ = dedup.complete(quota, with: .rateLimited(retryAt: t0 + 3_600, lastJob: nil), now: t0)
+        let a = JobKey(connectionID: "c-a", individualID: nil), b = JobKey(connectionID: "c-b", individualID: nil)
+        _ = dedup.admit(a, waiter: "a", now: t0 + 1)
+        _ = dedup.complete(a, with: .created(job), now: t0 + 1)
+        _ = dedup.admit(b, waiter: "b", now: t0 + 2)
+        _ = dedup.complete(b, with: .created(job), now: t0 + 2)
+        #expect(dedup.evictions == 1)
+        guard case .answered = dedup.admit(quota, waiter: "q2", now: t0 + 3) else { Issue.record("the long quota answer stays"); return }
+        guard case .call = dedup.admit(a, waiter: "a2", now: t0 + 3) else { Issue.record("a, expiring first, was evicted"); return }
+    }
+
+    @Test("A burst of 200,000 events on one key joins the call at constant cost each", .timeLimit(.minutes(1)))
+    func burstOfJoiners() {
+        var dedup = Deduplicator<Int>(reuseWindow: .seconds(60), capacity: 10)
+        guard case .call = dedup.admit(key, waiter: 0, now: t0) else { Issue.record("first calls"); return }
+        for n in 1..<200_000 {
+            guard case .joined = dedup.admit(key, waiter: n, now: t0) else { Issue.record("must join"); return }
+        }
+        let waiters = dedup.complete(key, with: .created(job), now: t0)
+        #expect(waiters.count == 200_000 && waiters.first == 0 && waiters.last == 199_999)
+    }
+}

@@ -48,4 +48,17 @@ struct EventDecoderTests {
         let deep = String(repeating: "[", count: 600) + String(repeating: "]", count: 600)
         #expect(reason(#"{"type":"refresh.requested","event_id":"e","connection_id":"c","x":\#(deep)}"#) != nil, "deep nesting does not crash")
     }
+
+    @Test("Field lengths count Unicode code points, as the schema's maxLength does")
+    func codePoints() {
+        let emoji = String(repeating: "😀", count: 256)  // 256 code points, 1,024 UTF-8 bytes
+        let decoder = EventDecoder(maxEventBytes: 65_536)
+        let ok = decoder.decode(Array(#"{"type":"refresh.requested","event_id":"\#(emoji)","connection_id":"c"}"#.utf8))
+        #expect((try? ok.get())?.eventID == emoji)
+        let family = String(repeating: "👨‍👩‍👧", count: 100)  // 100 characters, 500 code points
+        guard case .failure(let reason) = decoder.decode(Array(#"{"type":"refresh.requested","event_id":"\#(family)","connection_id":"c"}"#.utf8)) else {
+            Issue.record("500 code points accepted"); return
+        }
+        #expect(reason.code == .invalidField)
+    }
 }
