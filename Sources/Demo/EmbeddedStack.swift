@@ -1,6 +1,7 @@
 import FinchAPI
 import FinchSandbox
 import Foundation
+import Synchronization
 import JobsWorker
 import Kafka
 import Logging
@@ -151,26 +152,63 @@ public struct EmbeddedStack: Sendable {
     @discardableResult
     public func produce(_ events: [EventGenerator.Event], sentAt: Locked<[String: ContinuousClock.Instant]>) async -> Int {
         let failed = Locked(0)
-        let outstanding = Locked(0)
+        let outstanding = DeliveryCountdown()
         for event in events {
             if let id = event.id { sentAt.withLock { $0[id] = ContinuousClock.now } }
             while true {
-                outstanding.withLock { $0 += 1 }
+                outstanding.add()
                 let error = producer.send(event.record) { result in
-                    outstanding.withLock { $0 -= 1 }
                     if case .failure = result { failed.withLock { $0 += 1 } }
+                    outstanding.done()
                 }
                 guard let error else { break }
-                outstanding.withLock { $0 -= 1 }
+                outstanding.done()
                 guard error.code == .queueFull else {
                     failed.withLock { $0 += 1 }
                     break
                 }
-                try? await Task.sleep(for: .milliseconds(2))
+                // The local queue is full: back off while deliveries drain it.
+                do {
+                    try await Task.sleep(for: .milliseconds(2))
+                } catch {
+                    failed.withLock { $0 += 1 }
+                    break
+                }
             }
         }
-        while outstanding.value > 0 { try? await Task.sleep(for: .milliseconds(5)) }
+        await outstanding.drained()
         return failed.value
+    }
+}
+
+/// Counts records waiting for their delivery report; ``drained()`` returns once none is left
+/// (the producer reports every record, failures and closing included).
+final class DeliveryCountdown: Sendable {
+    private let state = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+
+    func add() {
+        state.withLock { $0.count += 1 }
+    }
+
+    func done() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.count -= 1
+            guard state.count == 0 else { return [] }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    func drained() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state in
+                if state.count == 0 { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
     }
 }
 

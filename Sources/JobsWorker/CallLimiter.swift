@@ -6,7 +6,7 @@ import Synchronization
 /// Limits Finch calls of one replica: at most `maxInFlight` at once and `maxPerSecond` started
 /// per second (a token bucket). A 429 without `retry_at` (Finch's application or IP limit)
 /// halves the rate and pauses every call briefly; the rate then recovers step by step.
-public final class CallLimiter: Sendable {
+package final class CallLimiter: Sendable {
     private struct State {
         var inFlight = 0
         var tokens: Double
@@ -16,22 +16,22 @@ public final class CallLimiter: Sendable {
         var waiters: Deque<CheckedContinuation<Void, Never>> = []
     }
 
-    public let maxInFlight: Int
-    public let maxPerSecond: Double
+    package let maxInFlight: Int
+    package let maxPerSecond: Double
     private let state: Mutex<State>
 
-    public init(maxInFlight: Int, maxPerSecond: Double) {
+    package init(maxInFlight: Int, maxPerSecond: Double) {
         self.maxInFlight = max(1, maxInFlight)
         self.maxPerSecond = max(0.1, maxPerSecond)
         let now = ContinuousClock.now
         state = Mutex(State(tokens: min(self.maxPerSecond, Double(self.maxInFlight)), rate: self.maxPerSecond, lastRefill: now, pausedUntil: now))
     }
 
-    public var inFlight: Int { state.withLock { $0.inFlight } }
-    public var currentRate: Double { state.withLock { $0.rate } }
+    package var inFlight: Int { state.withLock { $0.inFlight } }
+    package var currentRate: Double { state.withLock { $0.rate } }
 
     /// Waits for a slot and a token. Pair every acquire with ``release(slowDown:)``.
-    public func acquire() async throws {
+    package func acquire() async throws {
         // A slot first (waiting in line), then a token from the bucket.
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let granted = state.withLock { state in
@@ -69,7 +69,7 @@ public final class CallLimiter: Sendable {
 
     /// Frees the slot. `slowDown` (a 429 without retry_at) halves the rate and pauses all calls
     /// for that long; a normal answer raises the rate back by a tenth of the maximum.
-    public func release(slowDown: Duration? = nil) {
+    package func release(slowDown: Duration? = nil) {
         let next: CheckedContinuation<Void, Never>? = state.withLock { state in
             if let slowDown {
                 state.rate = max(state.rate / 2, min(1, maxPerSecond))

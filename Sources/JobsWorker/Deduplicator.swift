@@ -10,8 +10,8 @@ import HeapModule
 /// Memory is bounded: remembered answers expire at their own deadline, and past `capacity`
 /// the answer that would expire first is evicted (never a call in flight, whose waiters must
 /// be answered). Joining a call in flight costs O(1); expiry and eviction O(log n).
-public struct Deduplicator<Waiter: Sendable>: Sendable {
-    public enum Admission: Sendable {
+package struct Deduplicator<Waiter: Sendable>: Sendable {
+    package enum Admission: Sendable {
         /// No answer is known: the caller must call Finch for this key, then ``complete``.
         case call
         /// A call for this key is in flight; the waiter will be returned by ``complete``.
@@ -36,27 +36,27 @@ public struct Deduplicator<Waiter: Sendable>: Sendable {
         static func == (lhs: Self, rhs: Self) -> Bool { lhs.until == rhs.until && lhs.key == rhs.key }
     }
 
-    public let reuseWindow: Duration
-    public let capacity: Int
+    package let reuseWindow: Duration
+    package let capacity: Int
     /// Waiters per key in flight, the first event first. Appending mutates the array in place
     /// (no copy of the list per joiner).
     private var inFlight: [JobKey: [Waiter]] = [:]
     private var remembered: [JobKey: Remembered] = [:]
     private var deadlines = Heap<Deadline>()
     /// Remembered answers evicted by the capacity bound, since the start.
-    public private(set) var evictions = 0
+    package private(set) var evictions = 0
 
-    public init(reuseWindow: Duration, capacity: Int) {
+    package init(reuseWindow: Duration, capacity: Int) {
         self.reuseWindow = reuseWindow
         self.capacity = max(1, capacity)
     }
 
     /// Keys remembered or in flight.
-    public var count: Int { inFlight.count + remembered.count }
-    public var inFlightCount: Int { inFlight.count }
+    package var count: Int { inFlight.count + remembered.count }
+    package var inFlightCount: Int { inFlight.count }
 
     /// Admits one event for `key` at `now`.
-    public mutating func admit(_ key: JobKey, waiter: Waiter, now: Date) -> Admission {
+    package mutating func admit(_ key: JobKey, waiter: Waiter, now: Date) -> Admission {
         if inFlight[key] != nil {
             inFlight[key]!.append(waiter)
             return .joined
@@ -71,7 +71,7 @@ public struct Deduplicator<Waiter: Sendable>: Sendable {
 
     /// Records Finch's answer for `key` and returns every waiter it answers (the first event
     /// first, then all that joined).
-    public mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date) -> [Waiter] {
+    package mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date) -> [Waiter] {
         guard let waiters = inFlight.removeValue(forKey: key) else { return [] }
         switch answer {
         case .created(let job), .reused(let job):
@@ -87,12 +87,12 @@ public struct Deduplicator<Waiter: Sendable>: Sendable {
     }
 
     /// Forgets a call in flight without an answer and returns its waiters.
-    public mutating func abandon(_ key: JobKey) -> [Waiter] {
+    package mutating func abandon(_ key: JobKey) -> [Waiter] {
         inFlight.removeValue(forKey: key) ?? []
     }
 
     /// Drops remembered answers that expired by `now`, each at its own deadline.
-    public mutating func expire(now: Date) {
+    package mutating func expire(now: Date) {
         while let first = deadlines.min, first.until <= now {
             _ = deadlines.removeMin()
             if let memory = remembered[first.key], memory.until <= now { remembered[first.key] = nil }

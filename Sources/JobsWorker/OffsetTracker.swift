@@ -4,17 +4,17 @@ import Kafka
 /// Where one consumed record stands: its partition's assignment generation and its offset.
 /// A record from a generation that is no longer current belongs to a partition this replica
 /// gave up; its completion is ignored.
-public struct RecordPosition: Hashable, Sendable {
-    public let partition: TopicPartition
-    public let generation: UInt64
-    public let offset: Int64
+package struct RecordPosition: Hashable, Sendable {
+    package let partition: TopicPartition
+    package let generation: UInt64
+    package let offset: Int64
 }
 
 /// Per assigned partition, the offsets received and not yet answered, and the watermark: the
 /// offset below which every record is answered (its result or dead letter acknowledged by
 /// Kafka). Only the watermark may be committed; records finish out of order because keys run
 /// concurrently. A pure state machine.
-public struct OffsetTracker: Sendable {
+package struct OffsetTracker: Sendable {
     struct PartitionState: Sendable {
         let generation: UInt64
         /// Offsets received and not yet popped, in arrival (= offset) order.
@@ -35,10 +35,10 @@ public struct OffsetTracker: Sendable {
     private var partitions: [TopicPartition: PartitionState] = [:]
     private var nextGeneration: UInt64 = 1
     /// Records received and not yet answered, over all partitions.
-    public private(set) var unanswered = 0
+    package private(set) var unanswered = 0
 
     /// What ``receive(_:offset:)`` made of a record.
-    public enum Reception: Sendable, Equatable {
+    package enum Reception: Sendable, Equatable {
         /// A record to process.
         case accepted(RecordPosition)
         /// A record below the partition's position (an offset reset or a re-fetch): processed
@@ -50,12 +50,12 @@ public struct OffsetTracker: Sendable {
         case unassigned
     }
 
-    public init() {}
+    package init() {}
 
-    public var assigned: [TopicPartition] { Array(partitions.keys) }
+    package var assigned: [TopicPartition] { Array(partitions.keys) }
 
     /// Starts tracking newly assigned partitions (a new generation each time).
-    public mutating func assign(_ added: [TopicPartition]) {
+    package mutating func assign(_ added: [TopicPartition]) {
         for partition in added {
             if let old = partitions[partition] { unanswered -= old.unanswered }
             partitions[partition] = PartitionState(generation: nextGeneration)
@@ -64,7 +64,7 @@ public struct OffsetTracker: Sendable {
     }
 
     /// Stops tracking partitions; later completions for them are ignored.
-    public mutating func remove(_ removed: [TopicPartition]) {
+    package mutating func remove(_ removed: [TopicPartition]) {
         for partition in removed {
             if let old = partitions.removeValue(forKey: partition) {
                 unanswered -= old.unanswered
@@ -73,7 +73,7 @@ public struct OffsetTracker: Sendable {
     }
 
     /// Registers a received record.
-    public mutating func receive(_ partition: TopicPartition, offset: Int64) -> Reception {
+    package mutating func receive(_ partition: TopicPartition, offset: Int64) -> Reception {
         guard var state = partitions[partition] else { return .unassigned }
         let position = RecordPosition(partition: partition, generation: state.generation, offset: offset)
         if let next = state.next, offset < next {
@@ -105,7 +105,7 @@ public struct OffsetTracker: Sendable {
 
     /// Gives up on a record whose answer cannot be published: it stops counting as unanswered
     /// (so drains can finish) but its partition's watermark never passes it.
-    public mutating func abandon(_ position: RecordPosition) {
+    package mutating func abandon(_ position: RecordPosition) {
         guard var state = partitions[position.partition], state.generation == position.generation else { return }
         guard !state.done.contains(position.offset), state.abandoned.insert(position.offset).inserted else { return }
         unanswered -= 1
@@ -113,7 +113,7 @@ public struct OffsetTracker: Sendable {
     }
 
     /// Marks a record answered.
-    public mutating func complete(_ position: RecordPosition) {
+    package mutating func complete(_ position: RecordPosition) {
         guard var state = partitions[position.partition], state.generation == position.generation else { return }
         guard state.done.insert(position.offset).inserted else { return }
         if state.abandoned.remove(position.offset) == nil { unanswered -= 1 }
@@ -124,12 +124,12 @@ public struct OffsetTracker: Sendable {
     }
 
     /// Whether the record belongs to a partition's current assignment.
-    public func isCurrent(_ position: RecordPosition) -> Bool {
+    package func isCurrent(_ position: RecordPosition) -> Bool {
         partitions[position.partition]?.generation == position.generation
     }
 
     /// Records of these partitions still unanswered.
-    public func unanswered(in partitions: [TopicPartition]) -> Int {
+    package func unanswered(in partitions: [TopicPartition]) -> Int {
         partitions.reduce(0) { total, partition in
             total + (self.partitions[partition]?.unanswered ?? 0)
         }
@@ -137,13 +137,13 @@ public struct OffsetTracker: Sendable {
 
     /// The offset to commit for a partition: the first unanswered record, or the next offset
     /// after the last one received when all are answered; `nil` before any record.
-    public func watermark(_ partition: TopicPartition) -> Int64? {
+    package func watermark(_ partition: TopicPartition) -> Int64? {
         guard let state = partitions[partition] else { return nil }
         return state.pending.first ?? state.next
     }
 
     /// Watermarks that moved since the last call, to pass to `storeOffsets`.
-    public mutating func advancedWatermarks(in only: [TopicPartition]? = nil) -> [TopicPartition: Int64] {
+    package mutating func advancedWatermarks(in only: [TopicPartition]? = nil) -> [TopicPartition: Int64] {
         var moved: [TopicPartition: Int64] = [:]
         for partition in only ?? Array(partitions.keys) {
             guard let mark = watermark(partition), partitions[partition]?.stored != mark else { continue }

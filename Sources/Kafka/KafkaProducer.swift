@@ -56,7 +56,7 @@ public final class KafkaProducer: Sendable {
     /// Sends one record and returns where it was persisted.
     /// - Throws: ``KafkaError`` `delivery` when the broker did not acknowledge it within the
     ///   message timeout (or it was too large), `produce` when it could not be enqueued,
-    ///   `closed` after ``close(timeout:)``.
+    ///   `closed` after ``close(timeout:)`` or when the task is cancelled while waiting.
     public func send(_ record: KafkaProducerRecord) async throws(KafkaError) -> KafkaDeliveryReport {
         while true {
             let result = await withCheckedContinuation { continuation in
@@ -68,8 +68,13 @@ public final class KafkaProducer: Sendable {
             case .success(let report):
                 return report
             case .failure(let error) where error.code == .queueFull:
-                // The local queue (queue.buffering.max.messages) is full: wait for deliveries.
-                try? await Task.sleep(for: .milliseconds(5))
+                // The local queue (queue.buffering.max.messages) is full: back off while the
+                // delivery thread drains it (librdkafka signals no "room again" event).
+                do {
+                    try await Task.sleep(for: .milliseconds(5))
+                } catch {
+                    throw KafkaError(code: .closed, message: "cancelled while the producer's local queue was full")
+                }
             case .failure(let error):
                 throw error
             }

@@ -192,6 +192,23 @@ extension EmbeddedKafka {
         return configuration
     }
 
+    /// Runs `body` with a started worker and stops it gracefully afterwards, also when `body`
+    /// throws (a failed expectation), so no worker outlives its test.
+    public func withRunningWorker<T: Sendable>(
+        _ configuration: WorkerConfiguration, logger: Logger = quietLogger("worker"),
+        _ body: (RunningWorker) async throws -> T
+    ) async throws -> T {
+        let worker = try startWorker(configuration, logger: logger)
+        do {
+            let result = try await body(worker)
+            try await worker.stop()
+            return result
+        } catch {
+            try? await worker.stop()
+            throw error
+        }
+    }
+
     /// Starts a worker; stop it with ``RunningWorker/stop()``.
     public func startWorker(_ configuration: WorkerConfiguration, logger: Logger = quietLogger("worker"), metrics: WorkerMetrics = WorkerMetrics()) throws -> RunningWorker {
         RunningWorker(worker: try JobsWorker(configuration: configuration, logger: logger, metrics: metrics), logger: logger)
