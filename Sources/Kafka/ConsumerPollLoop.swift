@@ -111,9 +111,7 @@ struct PollLoop: Sendable {
         guard let change = core.state.withLock({ $0.flowChange() }) else { return }
         switch change {
         case .pause(let partitions):
-            let list = TopicPartition.makeList(partitions.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
-            defer { rd_kafka_topic_partition_list_destroy(list) }
-            _ = rd_kafka_pause_partitions(rk, list)
+            setPaused(rk, partitions, true)
         case .resume(let partitions, let seek):
             // Seek while still paused, then resume: fetching restarts exactly after the last
             // record handed over, whatever position librdkafka kept (upstream 4208, 4636).
@@ -125,9 +123,7 @@ struct PollLoop: Sendable {
                     core.logger.warning("seek before resume failed", metadata: ["error": "\(KafkaError.consuming(error, code: .consumer))"])
                 }
             }
-            let list = TopicPartition.makeList(partitions.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
-            defer { rd_kafka_topic_partition_list_destroy(list) }
-            _ = rd_kafka_resume_partitions(rk, list)
+            setPaused(rk, partitions, false)
         }
     }
 

@@ -25,11 +25,7 @@ final class ConsumerRebalancer: Sendable {
             }
             // A partition assigned while the application wants no records starts paused.
             let toPause = core.state.withLock { $0.assigned(changed, incremental: cooperative) }
-            if !toPause.isEmpty {
-                let list = TopicPartition.makeList(toPause.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
-                defer { rd_kafka_topic_partition_list_destroy(list) }
-                _ = rd_kafka_pause_partitions(rk, list)
-            }
+            setPaused(rk, toPause, true)
             logger.info("partitions assigned", metadata: ["partitions": "\(changed.sorted().map(\.description))"])
             continuation.yield(.assigned(changed))
 
@@ -61,23 +57,13 @@ final class ConsumerRebalancer: Sendable {
                 logger.error("Kafka unassign failed", metadata: ["error": "\(error)"])
                 continuation.yield(.error(error))
             }
-            let wasPaused = core.state.withLock { $0.unassigned(changed, incremental: cooperative) }
-            if !wasPaused.isEmpty {
-                let list = TopicPartition.makeList(wasPaused.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
-                defer { rd_kafka_topic_partition_list_destroy(list) }
-                _ = rd_kafka_resume_partitions(rk, list)
-            }
+            setPaused(rk, core.state.withLock { $0.unassigned(changed, incremental: cooperative) }, false)
 
         default:
             let error = KafkaError.from(err, code: .rebalance, context: "rebalance failed")
             logger.error("Kafka rebalance error", metadata: ["error": "\(error)"])
             _ = rd_kafka_assign(rk, nil)
-            let wasPaused = core.state.withLock { $0.unassigned([], incremental: false) }
-            if !wasPaused.isEmpty {
-                let list = TopicPartition.makeList(wasPaused.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
-                defer { rd_kafka_topic_partition_list_destroy(list) }
-                _ = rd_kafka_resume_partitions(rk, list)
-            }
+            setPaused(rk, core.state.withLock { $0.unassigned([], incremental: false) }, false)
             continuation.yield(.error(error))
         }
     }
@@ -93,4 +79,12 @@ final class ConsumerRebalancer: Sendable {
         let err = rd_kafka_assign(rk, assign ? partitions : nil)
         return err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError.from(err, code: .rebalance)
     }
+}
+
+/// Pauses or resumes partitions of a consumer handle (on its poll thread).
+func setPaused(_ rk: OpaquePointer, _ partitions: [TopicPartition], _ paused: Bool) {
+    guard !partitions.isEmpty else { return }
+    let list = TopicPartition.makeList(partitions.map { ($0, Int64(RD_KAFKA_OFFSET_INVALID)) })
+    defer { rd_kafka_topic_partition_list_destroy(list) }
+    _ = paused ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
 }
