@@ -8,7 +8,10 @@ import Logging
 /// pass-through of the same records as the physical limit.
 public enum Benchmark {
     public enum Scenario: String, CaseIterable, Sendable {
-        case ingest, fanOut = "fan-out", steady
+        case ingest
+        /// Events produced while the worker runs, against kcat producing and copying them.
+        case stream
+        case fanOut = "fan-out", steady
         /// Only the consumer: our KafkaConsumer against kcat on the same small records.
         case consume
     }
@@ -22,9 +25,13 @@ public enum Benchmark {
         public var fanOutConnections = 10_000
         public var fanOutLatency: Duration = .milliseconds(100)
         public var maxInFlight = 64
-        /// steady: events per second for this long.
-        public var steadyRate = 1_000
+        /// stream: events over connections, produced while the worker runs.
+        public var streamEvents = 100_000
+        public var streamConnections = 100
+        /// steady: events per second for this long, at this Finch latency.
+        public var steadyRate = 500
         public var steadyDuration: Duration = .seconds(30)
+        public var steadyFinchLatency: Duration = .milliseconds(5)
         public var partitions = 64
         /// consume: small records read back by our consumer and by kcat.
         public var consumeRecords = 1_000_000
@@ -65,6 +72,7 @@ public enum Benchmark {
             progress("running \(scenario.rawValue)…")
             switch scenario {
             case .ingest: rows.append(try await ingest(options, logger: logger, progress: progress))
+            case .stream: rows.append(try await stream(options, logger: logger, progress: progress))
             case .fanOut: rows.append(try await fanOut(options, logger: logger))
             case .steady: rows.append(try await steady(options, logger: logger))
             case .consume: rows.append(try await consume(options, logger: logger, progress: progress))
@@ -129,6 +137,80 @@ public enum Benchmark {
         }
     }
 
+    /// Events produced while the worker runs (Finch without latency), from the first event
+    /// produced until the last result is readable; against kcat producing the same records
+    /// and copying them consume-to-produce through the same cluster (`ratio` > 1: we are
+    /// faster than that copy).
+    static func stream(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+        var stackOptions = EmbeddedStackConfiguration()
+        stackOptions.partitions = 16
+        stackOptions.connections = options.streamConnections
+        stackOptions.maxInFlight = options.maxInFlight
+        stackOptions.maxRequestsPerSecond = 100_000
+        stackOptions.maxBufferedEvents = 200_000
+        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(3_600))
+        return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
+            var random = SeededGenerator(seed: options.seed)
+            var mix = EventGenerator.Mix(connections: options.streamConnections)
+            mix.malformedShare = 0
+            mix.w4Share = 0
+            let generator = EventGenerator(mix: mix, refreshTopic: stack.configuration.inputTopics[0], w4Topic: stack.configuration.inputTopics[0])
+            let events = generator.events(count: options.streamEvents, prefix: "t", using: &random)
+            let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
+            let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
+            let ours: Double = try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { await collector.run() }
+                defer { tasks.cancelAll() }
+                try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                let start = ContinuousClock.now
+                await stack.produce(events, sentAt: Locked([:]))
+                try await waitFor("every streamed event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
+                let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
+                await collector.close()
+                return seconds
+            }
+            try checkNoOffsetReset(stack)
+            progress("stream: answered in \(String(format: "%.2f s", ours)); kcat producing and copying the same records")
+            let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, events: events, cluster: stack.cluster)
+            return Row(
+                scenario: "stream", events: events.count, seconds: ours, eventsPerSecond: Double(events.count) / ours,
+                resultsPerSecond: 0, finchCalls: stack.sandbox.stats.enqueueCalls,
+                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
+                passthroughPerSecond: Double(events.count) / kcat, ratioToPassthrough: kcat / ours,
+                note: String(format: "%d events over %d connections produced while the worker runs, until the last result is readable: %.2f s; kcat producing them and copying them consume-to-produce through the same cluster: %.2f s (pass-through column)", events.count, options.streamConnections, ours, kcat)
+            )
+        }
+    }
+
+    /// Seconds kcat takes to produce `events` to a fresh topic and copy them to another one
+    /// (`kcat -C … | kcat -P …`), the same records through the same cluster.
+    static func kcatProduceAndCopy(bootstrap: String, events: [EventGenerator.Event], cluster: KafkaMockCluster) throws -> Double {
+        let source = "bench.kcat.source", copy = "bench.kcat.copy"
+        try cluster.createTopic(source, partitions: 16)
+        try cluster.createTopic(copy, partitions: 16)
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("finch-jobs-bench-\(getpid()).txt")
+        var text = ""
+        for event in events {
+            text += String(decoding: event.record.key ?? [], as: UTF8.self) + "\u{1}" + String(decoding: event.record.value ?? [], as: UTF8.self) + "\n"
+        }
+        try Data(text.utf8).write(to: file)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let tuning = "-X linger.ms=5 -X fetch.wait.max.ms=10"
+        let script = "kcat -P -b \(bootstrap) -t \(source) -K $'\\x01' \(tuning) -l \(file.path) && "
+            + "kcat -C -b \(bootstrap) -t \(source) -o beginning -e -q -c \(events.count) -K $'\\x01' \(tuning) "
+            + "| kcat -P -b \(bootstrap) -t \(copy) -K $'\\x01' \(tuning)"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = ["-c", script]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        let start = ContinuousClock.now
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw EmbeddedStackError("kcat failed (exit \(process.terminationStatus)); is it installed?") }
+        return (ContinuousClock.now - start).timeInterval
+    }
+
     /// Distinct connections, one event each, Finch answering after a fixed latency: calls per
     /// second against max-in-flight / latency.
     static func fanOut(_ options: Options, logger: Logger) async throws -> Row {
@@ -181,7 +263,7 @@ public enum Benchmark {
         stackOptions.maxInFlight = options.maxInFlight
         stackOptions.maxRequestsPerSecond = 100_000
         stackOptions.reuseWindow = .seconds(10)
-        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(5), faults: SandboxFaults(latencyMilliseconds: 20))
+        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(5), faults: SandboxFaults(latencyMilliseconds: Int(options.steadyFinchLatency.timeInterval * 1_000)))
         return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
             let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
             let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
@@ -216,7 +298,7 @@ public enum Benchmark {
                     latencyP50: percentile(figures.latencies, 50), latencyP95: percentile(figures.latencies, 95),
                     latencyP99: percentile(figures.latencies, 99), latencyMax: figures.latencies.max(), peakMemoryMiB: peakMemoryMiB(),
                     passthroughPerSecond: nil, ratioToPassthrough: nil,
-                    note: "\(options.steadyRate) events/s for \(format(options.steadyDuration)), Finch latency 20 ms; latency columns: until a reader has the result; until the worker produced it: "
+                    note: "\(options.steadyRate) events/s for \(format(options.steadyDuration)), Finch latency \(Int(options.steadyFinchLatency.timeInterval * 1_000)) ms, first second included; latency columns: until a reader has the result; until the worker produced it: "
                         + ["p50", "p95", "p99"].enumerated().map { index, name in
                             let value = percentile(figures.producedLatencies, [50.0, 95, 99][index]).map { String(format: "%.0f ms", $0 * 1_000) } ?? "-"
                             return "\(name) \(value)"

@@ -106,6 +106,9 @@ public struct EmbeddedStack: Sendable {
                 do {
                     let metricsPort = options.deferWorkerStart ? 0 : try await waitFor("the metrics server to listen") { httpPort.value }
                     let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers)), logger: quiet)
+                    // The generator's first events would otherwise wait for librdkafka's 1 s
+                    // metadata timer (upstream 5032), and the demo's latency with them.
+                    _ = await producer.warmUp(topics: configuration.inputTopics)
                     let stack = EmbeddedStack(
                         cluster: cluster, sandbox: sandbox, sandboxURL: "http://127.0.0.1:\(port)",
                         metricsURL: "http://127.0.0.1:\(metricsPort)/metrics", worker: worker, producer: producer,

@@ -67,6 +67,11 @@ public final class JobsWorker: Service, Sendable {
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: producerClient), logger: logger) { error in
             fail("the Kafka producer hit a fatal error: \(error)")
         }
+        // Output topics' metadata first, so the first result is not held for librdkafka's
+        // 1 s metadata timer; the group is joined (and readiness reached) only after.
+        for (topic, error) in await producer.warmUp(topics: [configuration.resultsTopic, configuration.deadLetterTopic]) {
+            logger.warning("output topic not ready at startup; its first records may wait for Kafka's metadata", metadata: ["topic": "\(topic)", "error": "\(error)"])
+        }
         let metrics = self.metrics
         let consumer: KafkaConsumer
         do {

@@ -151,6 +151,9 @@ extension KafkaClientConfiguration {
             ("bootstrap.servers", bootstrapServers),
             ("client.id", clientID),
             ("log.queue", "true"),
+            // Nagle delays small requests (results, commits) by up to a round trip; librdkafka
+            // turns it off by default only from 2.10.0 (upstream 4986).
+            ("socket.nagle.disable", "true"),
         ]
         if let statisticsInterval {
             pairs.append(("statistics.interval.ms", String(statisticsInterval.milliseconds)))

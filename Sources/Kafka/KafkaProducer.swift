@@ -12,6 +12,8 @@ public final class KafkaProducer: Sendable {
     private let client: RDKafkaClient
     private let pollThread: PollThread
     private let state = Mutex(State.open)
+    /// Topic handles made by ``warmUp(topics:timeout:)``, destroyed with the client.
+    private let topicHandles = Mutex<[String: TopicHandle]>([:])
     /// The largest record this producer accepts (`message.max.bytes`): records sized to it
     /// (a truncated dead letter) are not refused locally.
     public let maxMessageBytes: Int
@@ -174,12 +176,53 @@ public final class KafkaProducer: Sendable {
             client.context.logger.warning("producer closed with records not yet acknowledged; their senders get an error")
         }
         pollThread.stop()
+        let handles = topicHandles.withLock { handles in
+            defer { handles = [:] }
+            return Array(handles.values)
+        }
+        for handle in handles { rd_kafka_topic_destroy(handle.pointer) }
         // Fail what is still queued or in flight, then serve those delivery reports so every
         // waiting `send` resumes before the handle goes away.
         rd_kafka_purge(client.pointer, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
         rd_kafka_poll(client.pointer, 0)
         _ = rd_kafka_flush(client.pointer, 1_000)
         client.destroy()
+    }
+
+    /// Makes the first records to these topics go out at once: creates a topic handle for
+    /// each (kept for the producer's lifetime) and fetches its metadata (partitions and
+    /// leaders). Without this, librdkafka 2.0.2 holds the first records produced by topic
+    /// name until its 1 s metadata timer fires (upstream 5032, fixed in 2.10.1; the
+    /// workaround is the one upstream 3202 describes).
+    /// - Returns: the topics whose metadata could not be read, with the reason (an unknown
+    ///   topic, a timeout); the records to them will wait for librdkafka's own lookups.
+    public func warmUp(topics: [String], timeout: Duration = .seconds(10)) async -> [String: KafkaError] {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async { [self] in
+                var failures: [String: KafkaError] = [:]
+                for topic in topics {
+                    let handle: OpaquePointer? = topicHandles.withLock { handles in
+                        if let existing = handles[topic] { return existing.pointer }
+                        guard let made = rd_kafka_topic_new(client.pointer, topic, nil) else { return nil }
+                        handles[topic] = TopicHandle(pointer: made)
+                        return made
+                    }
+                    guard let handle else {
+                        failures[topic] = KafkaError(code: .produce, message: "cannot create a handle for topic \(topic)")
+                        continue
+                    }
+                    var metadata: UnsafePointer<rd_kafka_metadata>? = nil
+                    let err = rd_kafka_metadata(client.pointer, 0, handle, &metadata, Int32(clamping: timeout.milliseconds))
+                    defer { if let metadata { rd_kafka_metadata_destroy(metadata) } }
+                    if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                        failures[topic] = KafkaError.from(err, code: .produce, context: "no metadata for topic \(topic)")
+                    } else if let metadata, metadata.pointee.topic_cnt > 0, metadata.pointee.topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                        failures[topic] = KafkaError.from(metadata.pointee.topics[0].err, code: .produce, context: "topic \(topic)")
+                    }
+                }
+                continuation.resume(returning: failures)
+            }
+        }
     }
 
     /// Raises a fatal error as librdkafka would after an idempotence failure, for tests.
@@ -191,6 +234,13 @@ public final class KafkaProducer: Sendable {
     public var outstandingCount: Int {
         Int(rd_kafka_outq_len(client.pointer))
     }
+}
+
+/// A `rd_kafka_topic_t` owned by the producer.
+/// - Important: `@unchecked Sendable`: librdkafka's topic handles are thread-safe and this
+///   pointer never changes; the producer destroys it once, at close.
+private struct TopicHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
 }
 
 /// What to do with one record's delivery report, passed to librdkafka as its opaque pointer.

@@ -9,10 +9,10 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure throughput, latency and Finch calls on the embedded stack, against a bare librdkafka pass-through of the same records.",
-        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate) and consume (our consumer against kcat). Build with -c release for meaningful figures."
+        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate) and consume (our consumer against kcat). Build with -c release for meaningful figures."
     )
 
-    @Option(help: "Scenarios to run, comma-separated: ingest, fan-out, steady, consume, or all. (env FINCH_JOBS_SCENARIOS)")
+    @Option(help: "Scenarios to run, comma-separated: ingest, stream, fan-out, steady, consume, or all. (env FINCH_JOBS_SCENARIOS)")
     var scenarios: String = "all"
 
     @Option(help: "ingest: events in the backlog. (env FINCH_JOBS_EVENTS)")
@@ -20,6 +20,12 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(help: "ingest: connections the events are spread over. (env FINCH_JOBS_CONNECTIONS)")
     var connections: Int = 5_000
+
+    @Option(help: "stream: events produced while the worker runs. (env FINCH_JOBS_STREAM_EVENTS)")
+    var streamEvents: Int = 100_000
+
+    @Option(help: "stream: connections the streamed events are spread over. (env FINCH_JOBS_STREAM_CONNECTIONS)")
+    var streamConnections: Int = 100
 
     @Option(help: "fan-out: distinct connections, one event each. (env FINCH_JOBS_FAN_OUT_CONNECTIONS)")
     var fanOutConnections: Int = 10_000
@@ -31,10 +37,13 @@ struct BenchCommand: AsyncParsableCommand {
     var maxInFlight: Int = 64
 
     @Option(help: "steady: events per second. (env FINCH_JOBS_STEADY_RATE)")
-    var steadyRate: Int = 1_000
+    var steadyRate: Int = 500
 
     @Option(help: "steady: how long. (env FINCH_JOBS_STEADY_DURATION)")
     var steadyDuration: DurationArgument = DurationArgument(.seconds(30))
+
+    @Option(help: "steady: Finch latency. (env FINCH_JOBS_STEADY_LATENCY)")
+    var steadyLatency: DurationArgument = DurationArgument(.milliseconds(5))
 
     @Option(help: "ingest: partitions of each topic (the mock cluster keeps 5 MiB per partition). (env FINCH_JOBS_PARTITIONS)")
     var partitions: Int = 64
@@ -52,7 +61,7 @@ struct BenchCommand: AsyncParsableCommand {
         if scenarios == "all" { return Benchmark.Scenario.allCases }
         return try scenarios.split(separator: ",").map { name in
             guard let scenario = Benchmark.Scenario(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
-                throw ValidationError("--scenarios takes ingest, fan-out, steady, consume or all, not \"\(name)\".")
+                throw ValidationError("--scenarios takes ingest, stream, fan-out, steady, consume or all, not \"\(name)\".")
             }
             return scenario
         }
@@ -61,6 +70,7 @@ struct BenchCommand: AsyncParsableCommand {
     func validate() throws {
         _ = try parsedScenarios()
         guard events >= 1_000 else { throw ValidationError("--events must be at least 1000.") }
+        guard streamEvents >= 1, streamConnections >= 1 else { throw ValidationError("--stream-events and --stream-connections must be at least 1.") }
         guard connections >= 1, fanOutConnections >= 1 else { throw ValidationError("--connections and --fan-out-connections must be at least 1.") }
         guard maxInFlight >= 1 else { throw ValidationError("--max-in-flight must be at least 1.") }
         guard steadyRate >= 20 else { throw ValidationError("--steady-rate must be at least 20.") }
@@ -83,6 +93,9 @@ struct BenchCommand: AsyncParsableCommand {
         options.maxInFlight = maxInFlight
         options.steadyRate = steadyRate
         options.steadyDuration = steadyDuration.duration
+        options.steadyFinchLatency = steadyLatency.duration
+        options.streamEvents = streamEvents
+        options.streamConnections = streamConnections
         options.partitions = partitions
         options.consumeRecords = consumeRecords
         let json = self.json

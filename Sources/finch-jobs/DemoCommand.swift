@@ -41,9 +41,30 @@ struct DemoCommand: AsyncParsableCommand {
         guard (1...256).contains(partitions) else { throw ValidationError("--partitions must be between 1 and 256, not \(partitions).") }
     }
 
+    /// A fresh log file in the temporary directory, for a demo on a terminal.
+    static func openLogFile() -> (path: String, descriptor: Int32)? {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("finch-jobs-demo-\(getpid()).log").path
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        return descriptor >= 0 ? (path, descriptor) : nil
+    }
+
     func run() async throws {
         let level = logLevel
-        LoggingSystem.bootstrap { label in JSONLogHandler(label: label, level: level) }
+        let interactive = isatty(STDOUT_FILENO) == 1
+        // On a terminal the progress is one updating line: log lines go to a file instead of
+        // breaking it, and the summary says how many warnings there were and where.
+        let logFile: (path: String, descriptor: Int32)? = interactive ? Self.openLogFile() : nil
+        let warnings = Locked(0)
+        LoggingSystem.bootstrap { label in
+            guard let logFile else { return JSONLogHandler(label: label, level: level) }
+            return JSONLogHandler(label: label, level: level) { line in
+                if line.contains(#""level":"warning""#) || line.contains(#""level":"error""#) || line.contains(#""level":"critical""#) {
+                    warnings.withLock { $0 += 1 }
+                }
+                var line = line
+                line.withUTF8 { buffer in _ = write(logFile.descriptor, buffer.baseAddress, buffer.count) }
+            }
+        }
         let logger = Logger(label: "finch-jobs")
         var options = DemoOptions()
         options.connections = connections
@@ -51,7 +72,6 @@ struct DemoCommand: AsyncParsableCommand {
         options.duration = duration.duration
         options.partitions = partitions
         options.seed = seed
-        let interactive = isatty(STDOUT_FILENO) == 1
         let keepRunning = self.keepRunning
         StandardOutput.line("finch-jobs demo: embedded Kafka, Finch sandbox and worker; \(eventsPerSecond) events/s for \(duration) over \(connections) connections")
         let summary = try await DemoRunner.run(
@@ -73,6 +93,10 @@ struct DemoCommand: AsyncParsableCommand {
         if interactive { StandardOutput.line("") }
         StandardOutput.line("")
         StandardOutput.line(summary.table())
+        if let logFile {
+            close(logFile.descriptor)
+            StandardOutput.line("  log                    \(warnings.value) warning(s) or worse in \(logFile.path)")
+        }
         if !summary.accountsForEveryEvent {
             throw ExitCode(1)
         }
