@@ -5,8 +5,6 @@ import Foundation
 public struct EventDecoder: Sendable {
     public static let maxFieldLength = 256
     public let maxEventBytes: Int
-    /// One decoder for every record (its options never change; decoding keeps no state in it).
-    private let json = JSONDecoder()
 
     public init(maxEventBytes: Int = 65_536) {
         self.maxEventBytes = maxEventBytes
@@ -16,16 +14,16 @@ public struct EventDecoder: Sendable {
         guard let value else { return .failure(.tombstone()) }
         guard value.count <= maxEventBytes else { return .failure(.tooLarge(value.count, limit: maxEventBytes)) }
         guard String(validating: value, as: UTF8.self) != nil else { return .failure(.invalidUTF8()) }
-        let fields: WireEvent
+        let fields: [String: EventScanner.Field]
         do {
-            fields = try json.decode(WireEvent.self, from: Data(value))
-        } catch let error as DecodingError {
-            if case .typeMismatch(_, let context) = error, context.codingPath.isEmpty { return .failure(.notAnObject()) }
-            return .failure(.invalidJSON(Self.describe(error)))
+            fields = try EventScanner.scan(value)
         } catch {
-            return .failure(.invalidJSON("\(error)"))
+            switch error {
+            case .notAnObject: return .failure(.notAnObject())
+            case .invalidJSON(let detail): return .failure(.invalidJSON(detail))
+            }
         }
-        return validate(fields)
+        return validate(WireEvent(fields))
     }
 
     private func validate(_ wire: WireEvent) -> Result<JobEvent, DeadLetterReason> {
@@ -71,19 +69,10 @@ public struct EventDecoder: Sendable {
             return date
         }
     }
-
-    private static func describe(_ error: DecodingError) -> String {
-        switch error {
-        case .dataCorrupted(let context): context.debugDescription
-        case .keyNotFound(let key, _): "missing \(key.stringValue)"
-        case .typeMismatch(_, let context), .valueNotFound(_, let context): context.debugDescription
-        @unknown default: "\(error)"
-        }
-    }
 }
 
-/// The fields we read, each accepting any JSON value so a wrong type is reported by name.
-private struct WireEvent: Decodable {
+/// The fields we read, each any JSON value so a wrong type is reported by name.
+private struct WireEvent {
     var type: WireField?
     var eventID: WireField?
     var connectionID: WireField?
@@ -91,36 +80,14 @@ private struct WireEvent: Decodable {
     var requestedAt: WireField?
     var changedAt: WireField?
 
-    enum CodingKeys: String, CodingKey {
-        case type, eventID = "event_id", connectionID = "connection_id", individualID = "individual_id"
-        case requestedAt = "requested_at", changedAt = "changed_at"
+    init(_ fields: [String: EventScanner.Field]) {
+        type = fields["type"]
+        eventID = fields["event_id"]
+        connectionID = fields["connection_id"]
+        individualID = fields["individual_id"]
+        requestedAt = fields["requested_at"]
+        changedAt = fields["changed_at"]
     }
 }
 
-private enum WireField: Decodable {
-    case string(String)
-    case null
-    case other(String)
-
-    init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() {
-            self = .null
-        } else if let string = try? container.decode(String.self) {
-            self = .string(string)
-        } else if (try? container.decode(Bool.self)) != nil {
-            self = .other("a boolean")
-        } else if (try? container.decode(Double.self)) != nil {
-            self = .other("a number")
-        } else if (try? container.decode([String: IgnoredValue].self)) != nil {
-            self = .other("an object")
-        } else {
-            self = .other("an array")
-        }
-    }
-}
-
-/// Any JSON value, skipped.
-private struct IgnoredValue: Decodable {
-    init(from decoder: any Decoder) throws {}
-}
+private typealias WireField = EventScanner.Field

@@ -1,0 +1,45 @@
+import Foundation
+@testable import JobsWorker
+import Testing
+
+/// The event scanner against Foundation's JSON parser: the same verdict on every document,
+/// the same decoded strings.
+@Suite("EventScanner")
+struct EventScannerTests {
+    static let documents: [String] = [
+        #"{}"#, #"  {"type":"a"}  "#, #"{"type":"a","x":[1,2,{"y":[true,false,null]}],"z":{}}"#,
+        #"{"type":"\u00e9\n\t\"\\\/\ud83d\ude00"}"#, #"{"a":-0.5e+10,"b":0,"c":-0,"d":1E5,"e":[]}"#,
+        #"{"a":[[[[[]]]]],"b":{"c":{"d":{}}}}"#, #"[1]"#, #""x""#, #"3"#, #"null"#, #"true"#,
+        #"{"a":1,}"#, #"{"a" 1}"#, #"{a:1}"#, #"{"a":01}"#, #"{"a":1.}"#, #"{"a":.5}"#, #"{"a":+1}"#,
+        #"{"a":[1,]}"#, #"{"a":[1 2]}"#, #"{"a":{"b"}}"#, #"{"a":"\x"}"#, #"{"a":"\ud800"}"#, #"{"a":"\udc00x"}"#,
+        #"{"a":tru}"#, #"{"a":nul}"#, #"{"a":1}x"#, #"{"a":1"#, #"{"a":"b"#, #"{"a":[}"#, #"{"a":{]}"#, "{\"a\":\"\u{1}\"}",
+        #""#, #"   "#, #"{"a":1e}"#, #"{"a":-}"#, #"{"a":"\u12"}"#, #"{"type":"x","type":"y"}"#,
+    ]
+
+    /// Trailing commas: Foundation accepts them, RFC 8259 (and this scanner) does not.
+    static let foundationLenient: Set<String> = [#"{"a":1,}"#, #"{"a":[1,]}"#]
+
+    @Test("Same verdict as JSONSerialization: object, other JSON, or invalid (stricter only where RFC 8259 is)", arguments: documents)
+    func verdict(document: String) {
+        let bytes = Array(document.utf8)
+        let foundation = Self.foundationLenient.contains(document) ? nil : try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])
+        do {
+            let fields = try EventScanner.scan(bytes)
+            let object = foundation as? [String: Any]
+            #expect(object != nil, "scanner accepted \(document)")
+            if let type = object?["type"] as? String { #expect(fields["type"] == .string(type)) }
+        } catch .notAnObject {
+            #expect(foundation != nil && !(foundation is [String: Any]), "\(document)")
+        } catch {
+            #expect(foundation == nil, "scanner refused valid \(document): \(error)")
+        }
+    }
+
+    @Test("Nesting a hundred thousand levels deep is refused or skipped without exhausting the stack")
+    func deepNesting() throws {
+        let deep = "{\"x\":" + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000) + "}"
+        #expect(try EventScanner.scan(Array(deep.utf8)).isEmpty)
+        let unbalanced = "{\"x\":" + String(repeating: "[", count: 100_000) + "}"
+        #expect(throws: EventScanner.Failure.self) { try EventScanner.scan(Array(unbalanced.utf8)) }
+    }
+}
