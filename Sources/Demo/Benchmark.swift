@@ -164,6 +164,7 @@ public enum Benchmark {
                 try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
                 let start = ContinuousClock.now
                 await stack.produce(events, sentAt: Locked([:]))
+                progress("stream: \(events.count) events produced (acknowledged) in \(format(ContinuousClock.now - start)); answered so far \(collector.snapshot.answered)")
                 try await waitFor("every streamed event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 await collector.close()

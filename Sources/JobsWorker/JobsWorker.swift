@@ -64,7 +64,7 @@ public final class JobsWorker: Service, Sendable {
         // Only the consumer's statistics are read (for lag).
         var producerClient = client
         producerClient.statisticsInterval = nil
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: producerClient), logger: logger) { error in
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: producerClient, linger: .milliseconds(1)), logger: logger) { error in
             fail("the Kafka producer hit a fatal error: \(error)")
         }
         // Output topics' metadata first, so the first result is not held for librdkafka's

@@ -49,7 +49,7 @@ public final class KafkaMockCluster: @unchecked Sendable {
     ///   meanwhile (a real broker answers as soon as `fetch.min.bytes` is there), so the
     ///   default 500 ms would add up to half a second to every hop.
     public static let consumerProperties = [
-        "session.timeout.ms": "10000", "heartbeat.interval.ms": "500", "fetch.wait.max.ms": "10",
+        "session.timeout.ms": "10000", "heartbeat.interval.ms": "500", "fetch.wait.max.ms": "5",
     ]
 
     private let client: RDKafkaClient
