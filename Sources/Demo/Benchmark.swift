@@ -1,3 +1,4 @@
+import FinchAPI
 import FinchSandbox
 import Foundation
 import JobsWorker
@@ -14,6 +15,8 @@ public enum Benchmark {
         case fanOut = "fan-out", steady
         /// Only the consumer: our KafkaConsumer against kcat on the same small records.
         case consume
+        /// The deduplicator's memory per remembered key, and its return after expiry.
+        case memory
     }
 
     public struct Options: Sendable {
@@ -35,6 +38,8 @@ public enum Benchmark {
         public var partitions = 64
         /// consume: small records read back by our consumer and by kcat.
         public var consumeRecords = 1_000_000
+        /// memory: W-4 keys remembered (UUID connection and individual ids, as Finch has).
+        public var memoryKeys = 100_000
         public var seed: UInt64 = 42
 
         public init() {}
@@ -76,6 +81,7 @@ public enum Benchmark {
             case .fanOut: rows.append(try await fanOut(options, logger: logger))
             case .steady: rows.append(try await steady(options, logger: logger))
             case .consume: rows.append(try await consume(options, logger: logger, progress: progress))
+            case .memory: rows.append(memory(keys: options.memoryKeys))
             }
         }
         return rows
@@ -364,6 +370,44 @@ public enum Benchmark {
             passthroughPerSecond: kcat, ratioToPassthrough: ours / kcat,
             note: "our KafkaConsumer vs kcat -C (in the pass-through column) on the same \(options.consumeRecords) records of ~13 bytes; kcat's time includes its start and metadata"
         )
+    }
+
+    /// Bytes the allocator hands out per W-4 key the deduplicator remembers (ids are UUIDs,
+    /// jobs answered by Finch with a job id and URL), and what is left after they expire.
+    static func memory(keys: Int) -> Row {
+        let base = "https://api.tryfinch.com/jobs/automated/"
+        let now = Date()
+        let connections = (0..<max(1, keys / 5)).map { _ in UUID().uuidString.lowercased() }
+        let jobKeys = (0..<keys).map { JobKey(connectionID: connections[$0 % connections.count], individualID: UUID().uuidString.lowercased()) }
+        let jobs = (0..<keys).map { _ in UUID().uuidString.lowercased() }
+        let before = allocatedBytes()
+        var dedup = Deduplicator<Int>(reuseWindow: .seconds(1_800), capacity: keys * 2)
+        for (index, key) in jobKeys.enumerated() {
+            _ = dedup.admit(key, waiter: index, now: now)
+            let job = FinchJobReference(jobID: jobs[index], jobURL: base + jobs[index])
+            _ = dedup.complete(key, with: index % 10 == 0 ? .rateLimited(retryAt: now + 3_600, lastJob: job) : .created(job), now: now)
+        }
+        let learned = allocatedBytes()
+        dedup.expire(now: now + 7_200)
+        let expired = allocatedBytes()
+        let perKey = Double(learned - before) / Double(keys)
+        withExtendedLifetime(dedup) {}
+        return Row(
+            scenario: "memory", events: keys, seconds: 0, eventsPerSecond: 0, resultsPerSecond: 0, finchCalls: 0,
+            latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
+            passthroughPerSecond: nil, ratioToPassthrough: nil,
+            note: String(format: "%.0f bytes of resident memory per remembered W-4 key (UUID ids, job id and URL); %.1f MiB of it still resident after every key expired", perKey, Double(max(0, expired - before)) / 1_048_576)
+        )
+    }
+
+    /// This process's resident memory (VmRSS), in bytes: what the memory costs the host,
+    /// allocator overhead and fragmentation included.
+    static func allocatedBytes() -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { return 0 }
+        return kilobytes * 1_024
     }
 
     /// kcat's rate reading `records` records from the start of `topic` (output discarded).

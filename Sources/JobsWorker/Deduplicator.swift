@@ -20,20 +20,22 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         case answered(JobAnswer, DecidedBy)
     }
 
+    /// A remembered answer in 32 bytes: its expiry, the job (see ``CompactJob``) and which
+    /// answer it is. Answers are rebuilt as ``JobAnswer`` only when an event needs one.
     private struct Remembered: Sendable {
-        let answer: JobAnswer
-        let until: Date
-        let by: DecidedBy
+        enum Kind: UInt8, Sendable { case reused, rateLimited, rateLimitedWithoutJob }
+        let untilMilliseconds: Int64
+        let job: CompactJob
+        let kind: Kind
     }
 
     /// A remembered key's deadline in the expiry heap. Entries are never removed from the
-    /// heap when a key is answered again: a popped entry whose `until` no longer matches the
+    /// heap when a key is answered again: a popped entry whose deadline no longer matches the
     /// key's memory is stale and skipped.
     private struct Deadline: Comparable, Sendable {
-        let until: Date
-        let key: JobKey
-        static func < (lhs: Self, rhs: Self) -> Bool { lhs.until < rhs.until }
-        static func == (lhs: Self, rhs: Self) -> Bool { lhs.until == rhs.until && lhs.key == rhs.key }
+        let untilMilliseconds: Int64
+        let key: KeyFingerprint
+        static func < (lhs: Self, rhs: Self) -> Bool { lhs.untilMilliseconds < rhs.untilMilliseconds }
     }
 
     package let reuseWindow: Duration
@@ -41,8 +43,10 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     /// Waiters per key in flight, the first event first. Appending mutates the array in place
     /// (no copy of the list per joiner).
     private var inFlight: [JobKey: [Waiter]] = [:]
-    private var remembered: [JobKey: Remembered] = [:]
+    /// Remembered answers by key fingerprint: 16 bytes instead of the key's strings.
+    private var remembered: [KeyFingerprint: Remembered] = [:]
     private var deadlines = Heap<Deadline>()
+    private var jobs = CompactJob.Table()
     /// Remembered answers evicted by the capacity bound, since the start.
     package private(set) var evictions = 0
 
@@ -54,6 +58,8 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     /// Keys remembered or in flight.
     package var count: Int { inFlight.count + remembered.count }
     package var inFlightCount: Int { inFlight.count }
+    /// Slots the remembered answers' storage has (memory held, used or not).
+    package var rememberedCapacity: Int { remembered.capacity }
 
     /// Admits one event for `key` at `now`.
     package mutating func admit(_ key: JobKey, waiter: Waiter, now: Date) -> Admission {
@@ -61,9 +67,10 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
             inFlight[key]!.append(waiter)
             return .joined
         }
-        if let memory = remembered[key] {
-            if now < memory.until { return .answered(memory.answer, memory.by) }
-            remembered[key] = nil
+        let fingerprint = KeyFingerprint(key)
+        if let memory = remembered[fingerprint] {
+            if now.milliseconds < memory.untilMilliseconds { return answer(memory, fingerprint: fingerprint) }
+            forget(fingerprint)
         }
         inFlight[key] = [waiter]
         return .call
@@ -73,12 +80,15 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     /// first, then all that joined).
     package mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date) -> [Waiter] {
         guard let waiters = inFlight.removeValue(forKey: key) else { return [] }
+        let fingerprint = KeyFingerprint(key)
         switch answer {
         case .created(let job), .reused(let job):
             // Later events did not create the job: for them it is reused.
-            remember(key, .reused(job), until: now.addingTimeInterval(reuseWindow.timeInterval), by: .reuseWindow)
-        case .rateLimited(let retryAt, _) where retryAt > now:
-            remember(key, answer, until: retryAt, by: .rateLimitMemory)
+            let until = now.addingTimeInterval(reuseWindow.timeInterval).milliseconds
+            remember(fingerprint, Remembered(untilMilliseconds: until, job: jobs.compact(job, for: fingerprint), kind: .reused))
+        case .rateLimited(let retryAt, let lastJob) where retryAt > now:
+            let job = lastJob.map { jobs.compact($0, for: fingerprint) } ?? CompactJob.none
+            remember(fingerprint, Remembered(untilMilliseconds: retryAt.milliseconds, job: job, kind: lastJob == nil ? .rateLimitedWithoutJob : .rateLimited))
         case .rateLimited, .failed:
             // Failures are not remembered: the next event tries again.
             break
@@ -86,33 +96,142 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         return waiters
     }
 
+    private func answer(_ memory: Remembered, fingerprint: KeyFingerprint) -> Admission {
+        switch memory.kind {
+        case .reused:
+            return .answered(.reused(jobs.expand(memory.job, for: fingerprint)), .reuseWindow)
+        case .rateLimited:
+            return .answered(.rateLimited(retryAt: Date(milliseconds: memory.untilMilliseconds), lastJob: jobs.expand(memory.job, for: fingerprint)), .rateLimitMemory)
+        case .rateLimitedWithoutJob:
+            return .answered(.rateLimited(retryAt: Date(milliseconds: memory.untilMilliseconds), lastJob: nil), .rateLimitMemory)
+        }
+    }
+
     /// Forgets a call in flight without an answer and returns its waiters.
     package mutating func abandon(_ key: JobKey) -> [Waiter] {
         inFlight.removeValue(forKey: key) ?? []
     }
 
-    /// Drops remembered answers that expired by `now`, each at its own deadline.
+    /// Drops remembered answers that expired by `now`, each at its own deadline, and gives
+    /// memory back after a burst: storage far larger than what is left is rebuilt smaller.
     package mutating func expire(now: Date) {
-        while let first = deadlines.min, first.until <= now {
+        let now = now.milliseconds
+        while let first = deadlines.min, first.untilMilliseconds <= now {
             _ = deadlines.removeMin()
-            if let memory = remembered[first.key], memory.until <= now { remembered[first.key] = nil }
+            if let memory = remembered[first.key], memory.untilMilliseconds <= now { forget(first.key) }
+        }
+        if remembered.capacity > 1_024, remembered.count < remembered.capacity / 4 {
+            remembered = Dictionary(uniqueKeysWithValues: remembered.map { ($0.key, $0.value) })
+            compactDeadlines()
+            jobs.shrink()
         }
     }
 
-    private mutating func remember(_ key: JobKey, _ answer: JobAnswer, until: Date, by: DecidedBy) {
-        remembered[key] = Remembered(answer: answer, until: until, by: by)
-        deadlines.insert(Deadline(until: until, key: key))
+    private mutating func remember(_ fingerprint: KeyFingerprint, _ memory: Remembered) {
+        if remembered[fingerprint] != nil { jobs.release(for: fingerprint) }
+        remembered[fingerprint] = memory
+        deadlines.insert(Deadline(untilMilliseconds: memory.untilMilliseconds, key: fingerprint))
         // Past capacity, evict the answer that expires first: it is the least useful.
         while count > capacity, let first = deadlines.popMin() {
-            guard let memory = remembered[first.key], memory.until == first.until else { continue }
-            remembered[first.key] = nil
+            guard let memory = remembered[first.key], memory.untilMilliseconds == first.untilMilliseconds else { continue }
+            forget(first.key)
             evictions += 1
         }
         // Stale heap entries (keys answered again since) are bounded too.
         if deadlines.count > 2 * capacity + 64 { compactDeadlines() }
     }
 
+    private mutating func forget(_ fingerprint: KeyFingerprint) {
+        remembered[fingerprint] = nil
+        jobs.release(for: fingerprint)
+    }
+
     private mutating func compactDeadlines() {
-        deadlines = Heap(remembered.map { Deadline(until: $0.value.until, key: $0.key) })
+        deadlines = Heap(remembered.map { Deadline(untilMilliseconds: $0.value.untilMilliseconds, key: $0.key) })
+    }
+}
+
+/// A job key as 128 bits of keyed SipHash (two rounds of Swift's per-process seeded
+/// `Hasher`): two different keys share a fingerprint with a probability of about n²/2¹²⁹,
+/// never in practice. Memory only lives in this process, so the per-process seed is fine.
+struct KeyFingerprint: Hashable, Sendable {
+    let high: UInt64
+    let low: UInt64
+
+    init(_ key: JobKey) {
+        var first = Hasher()
+        first.combine(0 as UInt8)
+        first.combine(key)
+        var second = Hasher()
+        second.combine(1 as UInt8)
+        second.combine(key)
+        high = UInt64(bitPattern: Int64(first.finalize()))
+        low = UInt64(bitPattern: Int64(second.finalize()))
+    }
+}
+
+/// A Finch job reference in 20 bytes. Finch's job ids are lowercase UUIDs and its job URLs
+/// are a common prefix followed by the id: the id is kept as 16 bytes and the prefix as an
+/// index into a table of the few prefixes seen. A reference of any other shape is kept whole
+/// in a side table, keyed by the key that remembers it.
+struct CompactJob: Sendable {
+    let id: UUID
+    /// Index into ``Table/prefixes``; `noURL` when Finch sent no URL, `sideTable` when the
+    /// reference did not have the usual shape.
+    let prefix: UInt32
+
+    static let noURL = UInt32.max
+    static let sideTable = UInt32.max - 1
+    static let zeroID = UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    static let none = CompactJob(id: zeroID, prefix: noURL)
+
+    struct Table: Sendable {
+        private(set) var prefixes: [String] = []
+        private var prefixIndex: [String: UInt32] = [:]
+        private var others: [KeyFingerprint: FinchJobReference] = [:]
+
+        mutating func compact(_ job: FinchJobReference, for key: KeyFingerprint) -> CompactJob {
+            if let id = UUID(uuidString: job.jobID), id.uuidString.lowercased() == job.jobID {
+                guard let url = job.jobURL else { return CompactJob(id: id, prefix: CompactJob.noURL) }
+                if url.hasSuffix(job.jobID), prefixes.count < 1_024 {
+                    let prefix = String(url.dropLast(job.jobID.utf8.count))
+                    if let index = prefixIndex[prefix] { return CompactJob(id: id, prefix: index) }
+                    prefixes.append(prefix)
+                    prefixIndex[prefix] = UInt32(prefixes.count - 1)
+                    return CompactJob(id: id, prefix: UInt32(prefixes.count - 1))
+                }
+            }
+            others[key] = job
+            return CompactJob(id: CompactJob.zeroID, prefix: CompactJob.sideTable)
+        }
+
+        func expand(_ job: CompactJob, for key: KeyFingerprint) -> FinchJobReference {
+            switch job.prefix {
+            case CompactJob.sideTable:
+                return others[key] ?? FinchJobReference(jobID: "", jobURL: nil)
+            case CompactJob.noURL:
+                return FinchJobReference(jobID: job.id.uuidString.lowercased(), jobURL: nil)
+            default:
+                let id = job.id.uuidString.lowercased()
+                return FinchJobReference(jobID: id, jobURL: prefixes[Int(job.prefix)] + id)
+            }
+        }
+
+        mutating func release(for key: KeyFingerprint) {
+            if !others.isEmpty { others[key] = nil }
+        }
+
+        mutating func shrink() {
+            if others.capacity > 64, others.count < others.capacity / 4 { others = Dictionary(uniqueKeysWithValues: others.map { ($0.key, $0.value) }) }
+        }
+    }
+}
+
+extension Date {
+    /// Milliseconds since the Unix epoch, the deduplicator's unit of time.
+    var milliseconds: Int64 { Int64((timeIntervalSince1970 * 1_000).rounded(.down)) }
+
+    init(milliseconds: Int64) {
+        self.init(timeIntervalSince1970: Double(milliseconds) / 1_000)
     }
 }

@@ -12,7 +12,7 @@ struct BenchCommand: AsyncParsableCommand {
         discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate) and consume (our consumer against kcat). Build with -c release for meaningful figures."
     )
 
-    @Option(help: "Scenarios to run, comma-separated: ingest, stream, fan-out, steady, consume, or all. (env FINCH_JOBS_SCENARIOS)")
+    @Option(help: "Scenarios to run, comma-separated: ingest, stream, fan-out, steady, consume, memory, or all. (env FINCH_JOBS_SCENARIOS)")
     var scenarios: String = "all"
 
     @Option(help: "ingest: events in the backlog. (env FINCH_JOBS_EVENTS)")
@@ -61,7 +61,7 @@ struct BenchCommand: AsyncParsableCommand {
         if scenarios == "all" { return Benchmark.Scenario.allCases }
         return try scenarios.split(separator: ",").map { name in
             guard let scenario = Benchmark.Scenario(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
-                throw ValidationError("--scenarios takes ingest, stream, fan-out, steady, consume or all, not \"\(name)\".")
+                throw ValidationError("--scenarios takes ingest, stream, fan-out, steady, consume, memory or all, not \"\(name)\".")
             }
             return scenario
         }

@@ -110,4 +110,41 @@ struct DeduplicatorTests {
         let waiters = dedup.complete(key, with: .created(job), now: t0)
         #expect(waiters.count == 200_000 && waiters.first == 0 && waiters.last == 199_999)
     }
+
+    @Test("Remembered jobs come back exactly as Finch sent them, whatever their shape", arguments: [
+        FinchJobReference(jobID: "453bd7d7-5355-4d6d-a38e-d9e7eb218c3f", jobURL: "https://api.tryfinch.com/jobs/automated/453bd7d7-5355-4d6d-a38e-d9e7eb218c3f"),
+        FinchJobReference(jobID: "453bd7d7-5355-4d6d-a38e-d9e7eb218c3f", jobURL: nil),
+        FinchJobReference(jobID: "453BD7D7-5355-4D6D-A38E-D9E7EB218C3F", jobURL: "https://api.tryfinch.com/jobs/automated/453BD7D7-5355-4D6D-A38E-D9E7EB218C3F"),
+        FinchJobReference(jobID: "453bd7d7-5355-4d6d-a38e-d9e7eb218c3f", jobURL: "https://elsewhere.example/job?id=1"),
+        FinchJobReference(jobID: "job-7", jobURL: "http://127.0.0.1:4010/jobs/automated/job-7"),
+    ])
+    func jobsRoundTrip(job: FinchJobReference) {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
+        _ = dedup.admit(key, waiter: "e-1", now: t0)
+        _ = dedup.complete(key, with: .created(job), now: t0)
+        guard case .answered(.reused(let remembered), .reuseWindow) = dedup.admit(key, waiter: "e-2", now: t0 + 1) else {
+            Issue.record("answered from memory"); return
+        }
+        #expect(remembered == job)
+        _ = dedup.admit(w4, waiter: "e-3", now: t0)
+        _ = dedup.complete(w4, with: .rateLimited(retryAt: t0 + 600, lastJob: job), now: t0)
+        guard case .answered(.rateLimited(let retryAt, let lastJob), .rateLimitMemory) = dedup.admit(w4, waiter: "e-4", now: t0 + 1) else {
+            Issue.record("rate limit answered from memory"); return
+        }
+        #expect(lastJob == job && retryAt == t0 + 600)
+    }
+
+    @Test("After a burst expires, the memory it used is rebuilt small")
+    func shrinksAfterBurst() {
+        var dedup = Deduplicator<Int>(reuseWindow: .seconds(60), capacity: 100_000)
+        for n in 0..<20_000 {
+            let key = JobKey(connectionID: "c-\(n)", individualID: nil)
+            _ = dedup.admit(key, waiter: n, now: t0)
+            _ = dedup.complete(key, with: .created(job), now: t0)
+        }
+        #expect(dedup.rememberedCapacity >= 20_000)
+        dedup.expire(now: t0 + 61)
+        #expect(dedup.count == 0)
+        #expect(dedup.rememberedCapacity < 2_000)
+    }
 }
