@@ -177,6 +177,7 @@ public final class JobsWorker: Service, Sendable {
     }
 
     private static func housekeeping(driver: WorkerDriver, tokens: TokenStore, metrics: WorkerMetrics, interval: Duration) async {
+        var lastTrim = ContinuousClock.now
         while !Task.isCancelled {
             do {
                 try await Task.sleep(for: interval)
@@ -189,6 +190,12 @@ public final class JobsWorker: Service, Sendable {
             case false?: break
             }
             driver.tick()
+            // Every 10 s, give memory freed since back to the system, so a burst does not
+            // leave the resident size at its peak.
+            if ContinuousClock.now - lastTrim >= .seconds(10) {
+                Allocator.returnFreeMemory()
+                lastTrim = ContinuousClock.now
+            }
         }
     }
 }
