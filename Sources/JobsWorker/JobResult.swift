@@ -83,10 +83,7 @@ public struct JobResult: Codable, Sendable, Hashable {
 
     /// The Kafka record: keyed by connection, JSON value, CloudEvents binary-mode headers.
     public func record(topic: String, source: String) -> KafkaProducerRecord {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Encoding plain strings and integers cannot fail.
-        let value = Array(try! encoder.encode(self))
+        let value = json
         return KafkaProducerRecord(
             topic: topic,
             key: Array(connectionID.utf8),

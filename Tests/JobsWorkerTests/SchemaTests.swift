@@ -84,3 +84,28 @@ struct SchemaTests {
         #expect(added["finch-jobs.original.offset"] == "41")
     }
 }
+
+@Suite("Result JSON")
+struct ResultJSONTests {
+    @Test("The result writer produces exactly what JSONEncoder with sorted keys does, escapes included")
+    func sameBytesAsJSONEncoder() throws {
+        let job = FinchJobReference(jobID: "453bd7d7-5355-4d6d-a38e-d9e7eb218c3f", jobURL: "https://api.tryfinch.com/jobs/automated/453bd7d7")
+        let finch = FinchEnqueueResult(outcome: .created(job), status: 201, requestID: "r/1", allowedRefreshes: 1, remainingRefreshes: 0)
+        let keys = [JobKey(connectionID: "c-1", individualID: nil), JobKey(connectionID: "c \"quoted\" \\ é 😀", individualID: "i\u{1}\n\t/\u{7f}")]
+        let answers: [(JobAnswer, DecidedBy, FinchEnqueueResult?)] = [
+            (.created(job), .finch, finch), (.reused(job), .inFlight, nil),
+            (.rateLimited(retryAt: Date(timeIntervalSince1970: 1_795_917_600.25), lastJob: job), .rateLimitMemory, nil),
+            (.rateLimited(retryAt: Date(timeIntervalSince1970: 1_795_917_600), lastJob: nil), .finch, FinchEnqueueResult(outcome: .rateLimited(retryAt: Date(), lastJob: nil), status: 429, requestID: nil)),
+            (.failed(.noAccessToken, message: "no token for \"c\"\r\n\u{0}"), .local, nil),
+        ]
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        for key in keys {
+            for (answer, decidedBy, finch) in answers {
+                let result = JobResult(key: key, eventIDs: ["e-1", "e/\"2\"", "é"], answer: answer, decidedBy: decidedBy, finch: finch, attempts: 1, at: Date())
+                let expected = try encoder.encode(result)
+                #expect(String(decoding: result.json, as: UTF8.self) == String(decoding: expected, as: UTF8.self))
+            }
+        }
+    }
+}
