@@ -150,8 +150,10 @@ struct WorkerStateMachine: Sendable {
     /// results (grouped per key), and keys that need Finch become `call`s.
     mutating func admit(_ batch: [(record: KafkaRecord, decoded: Result<JobEvent, DeadLetterReason>)], now: Date) -> [Action] {
         var actions: [Action] = []
-        var local: [LocalAnswer: [PendingEvent]] = [:]
-        var localOrder: [LocalAnswer] = []
+        // Answers from memory, grouped per key: within one batch a key's memory cannot change
+        // (only a call's answer changes it), so the key alone identifies the answer.
+        var local: [JobKey: (answer: JobAnswer, decidedBy: DecidedBy, events: [PendingEvent])] = [:]
+        var localOrder: [JobKey] = []
         for (record, decoded) in batch {
             let position: RecordPosition
             switch tracker.receive(record.topicPartition, offset: record.offset) {
@@ -171,23 +173,21 @@ struct WorkerStateMachine: Sendable {
                 case .call: actions.append(.call(event.key))
                 case .joined: break
                 case .answered(let answer, let decidedBy):
-                    let group = LocalAnswer(key: event.key, answer: answer, decidedBy: decidedBy)
-                    if local[group] == nil { localOrder.append(group) }
-                    local[group, default: []].append(pending)
+                    let key = event.key
+                    if local[key] == nil {
+                        localOrder.append(key)
+                        local[key] = (answer, decidedBy, [pending])
+                    } else {
+                        local[key]!.events.append(pending)
+                    }
                 }
             }
         }
-        for group in localOrder {
-            actions += results(group.key, events: local[group]!, answer: group.answer, decidedBy: group.decidedBy, finch: nil, attempts: 0, now: now)
+        for key in localOrder {
+            let group = local[key]!
+            actions += results(key, events: group.events, answer: group.answer, decidedBy: group.decidedBy, finch: nil, attempts: 0, now: now)
         }
         return actions + flowControl()
-    }
-
-    /// Answers decided locally while admitting one batch, grouped into one result each.
-    private struct LocalAnswer: Hashable {
-        let key: JobKey
-        let answer: JobAnswer
-        let decidedBy: DecidedBy
     }
 
     // MARK: - Finch calls

@@ -43,3 +43,21 @@ struct EventScannerTests {
         #expect(throws: EventScanner.Failure.self) { try EventScanner.scan(Array(unbalanced.utf8)) }
     }
 }
+
+@Suite("UTF-8 validation")
+struct UTF8ValidationTests {
+    @Test("Agrees with the standard library on valid, truncated, overlong, surrogate and out-of-range sequences")
+    func agreesWithStandardLibrary() {
+        var samples: [[UInt8]] = [
+            Array("plain ascii".utf8), Array("é ü 漢字 😀 \u{10FFFF}".utf8), [0xC0, 0x80], [0xE0, 0x80, 0x80], [0xED, 0xA0, 0x80],
+            [0xF4, 0x90, 0x80, 0x80], [0xF8], [0xE2, 0x82], [0x80], [0xC3], [0xF0, 0x9F, 0x98], [0xEF, 0xBF, 0xBF], [],
+        ]
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            samples.append((0..<Int.random(in: 1...6, using: &random)).map { _ in UInt8.random(in: 0x7F...0xFF, using: &random) })
+        }
+        for bytes in samples {
+            #expect(UTF8Validation.isValid(bytes) == (String(validating: bytes, as: UTF8.self) != nil), "\(bytes)")
+        }
+    }
+}
