@@ -278,6 +278,7 @@ public enum Benchmark {
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
                 try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                try await waitFor("the reader to join", timeout: .seconds(60)) { collector.isReading ? true : nil }
                 var mix = EventGenerator.Mix(connections: 2_000)
                 mix.malformedShare = 0
                 let generator = EventGenerator(mix: mix, refreshTopic: stack.configuration.inputTopics[0], w4Topic: stack.configuration.inputTopics[1])
@@ -310,9 +311,23 @@ public enum Benchmark {
                             let value = percentile(figures.producedLatencies, [50.0, 95, 99][index]).map { String(format: "%.0f ms", $0 * 1_000) } ?? "-"
                             return "\(name) \(value)"
                         }.joined(separator: " · ")
+                        + "; events sent in the first second: read back " + firstSecond(figures.latenciesBySent, start: start)
+                        + ", produced " + firstSecond(figures.producedBySent, start: start)
+                        + "; the slowest event was sent at " + slowest(figures.latenciesBySent, start: start)
                 )
             }
         }
+    }
+
+    static func firstSecond(_ samples: [(sent: ContinuousClock.Instant, seconds: Double)], start: ContinuousClock.Instant) -> String {
+        let first = samples.filter { $0.sent < start + .seconds(1) }.map(\.seconds)
+        guard let p99 = percentile(first, 99), let max = first.max() else { return "none" }
+        return String(format: "%d events, p99 %.0f ms, max %.0f ms", first.count, p99 * 1_000, max * 1_000)
+    }
+
+    static func slowest(_ samples: [(sent: ContinuousClock.Instant, seconds: Double)], start: ContinuousClock.Instant) -> String {
+        guard let worst = samples.max(by: { $0.seconds < $1.seconds }) else { return "-" }
+        return String(format: "%.1f s", (worst.sent - start).timeInterval)
     }
 
     /// Small records read from the mock cluster by our consumer (copied into Swift values,

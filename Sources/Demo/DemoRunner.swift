@@ -96,6 +96,7 @@ public enum DemoRunner {
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
                 try await waitFor("the worker to join its group", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                try await waitFor("the reader to join its group", timeout: .seconds(60)) { collector.isReading ? true : nil }
 
                 let generator = EventGenerator(
                     mix: EventGenerator.Mix(connections: options.connections),

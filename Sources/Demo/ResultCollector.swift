@@ -18,6 +18,9 @@ public final class ResultCollector: Sendable {
         public var deadLetters = 0
         public var deadLettersByReason: [String: Int] = [:]
         public var latencies: [Double] = []
+        /// Each latency with when its event was sent, to see where a tail comes from.
+        public var latenciesBySent: [(sent: ContinuousClock.Instant, seconds: Double)] = []
+        public var producedBySent: [(sent: ContinuousClock.Instant, seconds: Double)] = []
         /// From sending an event to the worker producing its result (the result record's
         /// timestamp), without the reader's own delay.
         public var producedLatencies: [Double] = []
@@ -46,6 +49,10 @@ public final class ResultCollector: Sendable {
     private let resultsTopic: String
 
     public var snapshot: Figures { figures.value }
+
+    /// Whether the reader's group has assigned it the topics' partitions (before that, the
+    /// first results would wait for the reader, not for the worker).
+    public var isReading: Bool { !consumer.assignment.isEmpty }
 
     /// Reads until ``close()``.
     public func run() async {
@@ -84,9 +91,12 @@ public final class ResultCollector: Sendable {
                     figures.answered += fresh
                     figures.duplicateAnswers += ids.count - fresh
                     figures.latencies += sent.compactMap { $0.map { (now - $0).timeInterval } }
+                    figures.latenciesBySent += sent.compactMap { $0.map { (sent: $0, seconds: (now - $0).timeInterval) } }
                     for (sentInstant, produced) in zip(sent, producedAt) {
                         guard let sentInstant, produced > 0 else { continue }
-                        figures.producedLatencies.append(produced - (wallNow - (now - sentInstant).timeInterval))
+                        let latency = produced - (wallNow - (now - sentInstant).timeInterval)
+                        figures.producedLatencies.append(latency)
+                        figures.producedBySent.append((sentInstant, latency))
                     }
                     if batch.results > 0 { figures.lastResultAt = now }
                 }

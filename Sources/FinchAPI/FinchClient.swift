@@ -37,6 +37,17 @@ public final class FinchClient: Sendable {
     // MARK: - Enqueue
 
     /// `POST /jobs/automated`: exactly one HTTP call.
+    /// Pays the one-time costs of the first call (generic metadata for the request and
+    /// response types, the date formats) at startup instead of on the first event: measured,
+    /// they held the first result back by about 80 ms.
+    public static func warmUp() {
+        _ = try? JSONEncoder().encode(FinchJobRequest.w4FormEmployeeSync(individualID: "i").body)
+        _ = try? JSONDecoder().decode(AutomatedJobResponseBody.self, from: Data(#"{"job_id":"j","job_url":"u","allowed_refreshes":1,"remaining_refreshes":0,"retry_at":"2026-01-01T00:00:00Z"}"#.utf8))
+        _ = try? JSONDecoder().decode(FinchErrorBody.self, from: Data(#"{"statusCode":429,"status":429,"code":429,"name":"n","message":"m","finch_code":"c"}"#.utf8))
+        _ = FinchDate.parse(FinchDate.format(Date()))
+        _ = FinchDate.parse("2026-01-01T00:00:00Z")
+    }
+
     public func enqueue(_ job: FinchJobRequest, token: FinchAccessToken) async -> FinchEnqueueResult {
         let started = ContinuousClock.now
         let response: RawResponse

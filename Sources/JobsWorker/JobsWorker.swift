@@ -67,6 +67,11 @@ public final class JobsWorker: Service, Sendable {
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: producerClient, linger: .milliseconds(1)), logger: logger) { error in
             fail("the Kafka producer hit a fatal error: \(error)")
         }
+        // First-use costs of the event, result and Finch paths, paid before the first event.
+        FinchClient.warmUp()
+        _ = EventDecoder(maxEventBytes: configuration.maxEventBytes).decode(Array(#"{"type":"employee.w4.changed","event_id":"e","connection_id":"c","individual_id":"i","changed_at":"2026-01-01T00:00:00Z"}"#.utf8))
+        _ = JobResult(key: JobKey(connectionID: "c", individualID: nil), eventIDs: ["e"], answer: .reused(FinchJobReference(jobID: "j", jobURL: nil)), decidedBy: .reuseWindow, attempts: 0, at: Date())
+            .record(topic: configuration.resultsTopic, source: configuration.resultSource)
         // Output topics' metadata first, so the first result is not held for librdkafka's
         // 1 s metadata timer; the group is joined (and readiness reached) only after.
         for (topic, error) in await producer.warmUp(topics: [configuration.resultsTopic, configuration.deadLetterTopic]) {
