@@ -81,6 +81,9 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     package mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date) -> [Waiter] {
         guard let waiters = inFlight.removeValue(forKey: key) else { return [] }
         let fingerprint = KeyFingerprint(key)
+        // An older memory of the key (only expired ones can be left) goes first, side table
+        // entry included, so it cannot take the new answer's entry with it.
+        if remembered[fingerprint] != nil { forget(fingerprint) }
         switch answer {
         case .created(let job), .reused(let job):
             // Later events did not create the job: for them it is reused.
@@ -128,11 +131,11 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     }
 
     private mutating func remember(_ fingerprint: KeyFingerprint, _ memory: Remembered) {
-        if remembered[fingerprint] != nil { jobs.release(for: fingerprint) }
         remembered[fingerprint] = memory
         deadlines.insert(Deadline(untilMilliseconds: memory.untilMilliseconds, key: fingerprint))
         // Past capacity, evict the answer that expires first: it is the least useful.
-        while count > capacity, let first = deadlines.popMin() {
+        // Calls in flight do not count: they are not memory that can be given up.
+        while remembered.count > capacity, let first = deadlines.popMin() {
             guard let memory = remembered[first.key], memory.untilMilliseconds == first.untilMilliseconds else { continue }
             forget(first.key)
             evictions += 1

@@ -129,11 +129,9 @@ final class WorkerDriver: Sendable {
     ) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [self] in
-                do {
-                    try await Task.sleep(until: deadline)
-                } catch {
-                    return  // the drain ended first
-                }
+                // Ends the drain at the deadline, or at once if cancelled (the drain finished,
+                // or the task waiting for it was cancelled): ending a finished drain does nothing.
+                try? await Task.sleep(until: deadline)
                 input(onDeadline)
             }
             await withTaskCancellationHandler {
@@ -141,6 +139,9 @@ final class WorkerDriver: Sendable {
                     // Registered before the input: the input may finish the drain at once.
                     drains.withLock { $0[id] = continuation }
                     input(start)
+                    // A deadline or cancellation that came before the drain started did
+                    // nothing then; end the drain now.
+                    if Task.isCancelled || ContinuousClock.now >= deadline { input(onDeadline) }
                 }
             } onCancel: { [self] in
                 input(onDeadline)
@@ -164,7 +165,7 @@ final class WorkerDriver: Sendable {
                 if delay == .zero {
                     publish(publication)
                 } else {
-                    schedule { [self] in
+                    schedule(onDropped: { [self] in input { $0.publishFailed(publication, .closed) } }) { [self] in
                         do {
                             try await Task.sleep(for: delay)
                         } catch {
@@ -175,7 +176,7 @@ final class WorkerDriver: Sendable {
                     }
                 }
             case .call(let key):
-                schedule { [self] in await call(key) }
+                schedule(onDropped: { [self] in input { $0.callAbandoned(key) } }) { [self] in await call(key) }
             case .setFetching(let fetching, let version):
                 if fetching {
                     logger.notice("resuming fetching: unanswered events back under half the limit", metadata: ["unanswered": "\(unanswered)"])
@@ -209,10 +210,12 @@ final class WorkerDriver: Sendable {
         }
     }
 
-    private func schedule(_ job: @escaping @Sendable () async -> Void) {
+    /// Runs `job` in the service's task group; `onDropped` when the service is stopping and
+    /// nothing runs any more (its events must then be given up, or drains would wait for them).
+    private func schedule(onDropped: @Sendable () -> Void, _ job: @escaping @Sendable () async -> Void) {
         if case .terminated = jobs.yield(job) {
-            // The service is stopping: nothing runs any more, so nothing is answered.
             logger.debug("work dropped at shutdown")
+            onDropped()
         }
     }
 

@@ -209,8 +209,10 @@ struct WorkerStateMachine: Sendable {
     /// A call given up without an answer (shutdown): its events stay unanswered and
     /// uncommitted; the next owner of their partitions answers them.
     mutating func callAbandoned(_ key: JobKey) -> [Action] {
-        _ = dedup.abandon(key)
-        return []
+        for waiter in dedup.abandon(key) { tracker.abandon(waiter.position) }
+        var actions: [Action] = []
+        if let drain = revoking, tracker.unanswered(in: drain.partitions) == 0 { actions += finishRevoke() }
+        return actions + finishShutdownIfDrained()
     }
 
     private func results(_ key: JobKey, events: [PendingEvent], answer: JobAnswer, decidedBy: DecidedBy, finch: FinchEnqueueResult?, attempts: Int, now: Date) -> [Action] {

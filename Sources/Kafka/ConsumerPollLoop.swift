@@ -19,29 +19,23 @@ struct PollLoop: Sendable {
         let rk = client.pointer
         let logger = core.logger
         let continuation = core.continuation
-        var batch: [KafkaRecord] = []
-        batch.reserveCapacity(batchSize)
+        core.pending.reserve(batchSize)
         var fatal = false
         while !shouldStop() {
             applyFlowChange(rk)
             if let first = rd_kafka_consumer_poll(rk, pollTimeoutMs) {
-                take(first, into: &batch)
+                take(first)
                 // Then what else is ready, without waiting. One rd_kafka_consumer_poll per
                 // record, not rd_kafka_consume_batch_queue: in 2.0.2 the batch call marks
                 // records consumed before a pause, seek or rebalance (which librdkafka itself
                 // pauses every assigned partition for) can discard them, and fetching then
                 // resumes past them: records skipped (upstream 4208, fixed in 2.1.0).
-                while batch.count < batchSize, let message = rd_kafka_consumer_poll(rk, 0) {
-                    take(message, into: &batch)
+                // A rebalance served by one of these polls hands over what was taken before
+                // it, first (ConsumerRebalancer).
+                while core.pending.count < batchSize, let message = rd_kafka_consumer_poll(rk, 0) {
+                    take(message)
                 }
-                if !batch.isEmpty {
-                    var next: [TopicPartition: Int64] = [:]
-                    for record in batch { next[record.topicPartition] = record.offset + 1 }
-                    core.state.withLock { $0.delivered(next) }
-                    core.handOff.waitForRoom()
-                    continuation.yield(.records(batch))
-                    batch.removeAll(keepingCapacity: true)
-                }
+                core.handOverPending()
             }
             if let error = client.fatalError() {
                 logger.critical("Kafka consumer hit a fatal error and closes", metadata: ["error": "\(error)"])
@@ -127,12 +121,12 @@ struct PollLoop: Sendable {
         }
     }
 
-    /// Copies one message into the batch (or reports its error) and destroys it.
-    private func take(_ message: UnsafeMutablePointer<rd_kafka_message_t>, into batch: inout [KafkaRecord]) {
+    /// Copies one message into the pending batch (or reports its error) and destroys it.
+    private func take(_ message: UnsafeMutablePointer<rd_kafka_message_t>) {
         defer { rd_kafka_message_destroy(message) }
         switch KafkaRecord.copying(message) {
         case .success(let record):
-            batch.append(record)
+            core.pending.append(record)
         case .failure(let error):
             core.logger.warning("Kafka consumer error", metadata: ["error": "\(error)"])
             core.continuation.yield(.error(error))

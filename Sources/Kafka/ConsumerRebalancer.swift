@@ -17,6 +17,8 @@ final class ConsumerRebalancer: Sendable {
         let continuation = core.continuation
         let cooperative = rd_kafka_rebalance_protocol(rk).map { String(cString: $0) } == "COOPERATIVE"
         let changed = TopicPartition.elements(of: partitions).map(\.0)
+        // Records taken before this rebalance go to the application before it hears of it.
+        core.handOverPending()
         switch err {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
             if let error = apply(assign: true, cooperative: cooperative, rk: rk, partitions: partitions) {

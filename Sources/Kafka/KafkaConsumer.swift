@@ -204,6 +204,8 @@ final class ConsumerCore: Sendable {
     let handOff = BatchHandOff()
     let closed = OneShotSignal()
     let logger: Logger
+    /// Records taken from librdkafka and not yet handed over (see ``handOverPending()``).
+    let pending = PendingRecords()
     /// Signalled when the last lease of a closed consumer is returned.
     private let handleFree = DispatchSemaphore(value: 0)
     private let listening = Atomic<Bool>(true)
@@ -228,8 +230,46 @@ final class ConsumerCore: Sendable {
         return body(client.pointer)
     }
 
+    /// Hands the records taken so far to the application (poll thread only). The poll loop
+    /// calls it once a batch is complete; the rebalance callback calls it before it reports
+    /// the rebalance, so records taken before a revocation are never handed over after it
+    /// (when they would be taken for records of the partition's next assignment).
+    func handOverPending() {
+        let records = pending.take()
+        guard !records.isEmpty else { return }
+        var next: [TopicPartition: Int64] = [:]
+        for record in records { next[record.topicPartition] = record.offset + 1 }
+        state.withLock { $0.delivered(next) }
+        handOff.waitForRoom()
+        continuation.yield(.records(records))
+    }
+
     /// Marks the consumer closed and blocks (the poll thread) until no lease is out.
     func closeHandle() {
         if !state.withLock({ $0.closed() }) { handleFree.wait() }
+    }
+}
+
+/// The batch being assembled on the poll thread.
+/// - Important: `@unchecked Sendable` because only the poll thread touches it: the poll loop
+///   and the rebalance callback, which librdkafka runs inside that loop's poll calls.
+final class PendingRecords: @unchecked Sendable {
+    private var records: [KafkaRecord] = []
+    private(set) var capacity = 0
+
+    var count: Int { records.count }
+
+    func reserve(_ count: Int) {
+        records.reserveCapacity(count)
+        capacity = count
+    }
+
+    func append(_ record: KafkaRecord) {
+        records.append(record)
+    }
+
+    func take() -> [KafkaRecord] {
+        defer { records = []; records.reserveCapacity(capacity) }
+        return records
     }
 }

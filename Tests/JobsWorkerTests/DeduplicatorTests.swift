@@ -55,8 +55,8 @@ struct DeduplicatorTests {
             _ = dedup.admit(other, waiter: "e-\(index)", now: t0)
             _ = dedup.complete(other, with: .created(job), now: t0 + TimeInterval(index))
         }
-        #expect(dedup.count == 3)
-        #expect(dedup.evictions == 3)
+        #expect(dedup.count == 4, "three remembered answers and the call in flight, which does not count against the capacity")
+        #expect(dedup.evictions == 2)
         guard case .call = dedup.admit(JobKey(connectionID: "c-0", individualID: nil), waiter: "again", now: t0 + 5) else {
             Issue.record("the oldest answer was evicted"); return
         }
@@ -146,5 +146,17 @@ struct DeduplicatorTests {
         dedup.expire(now: t0 + 61)
         #expect(dedup.count == 0)
         #expect(dedup.rememberedCapacity < 2_000)
+    }
+
+    @Test("Calls in flight do not count against the capacity: a burst of new keys does not wipe the reuse window")
+    func capacityExcludesCallsInFlight() {
+        var dedup = Deduplicator<Int>(reuseWindow: .seconds(60), capacity: 2)
+        for n in 0..<5 { _ = dedup.admit(JobKey(connectionID: "busy-\(n)", individualID: nil), waiter: n, now: t0) }
+        _ = dedup.admit(key, waiter: 9, now: t0)
+        _ = dedup.complete(key, with: .created(job), now: t0)
+        guard case .answered(.reused, .reuseWindow) = dedup.admit(key, waiter: 10, now: t0 + 1) else {
+            Issue.record("the answer just learned is remembered"); return
+        }
+        #expect(dedup.evictions == 0)
     }
 }

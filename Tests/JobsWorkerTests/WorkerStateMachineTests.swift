@@ -280,4 +280,14 @@ struct WorkerStateMachineTests {
         #expect(again.contains { if case .rewound(_, 3, 6) = $0 { true } else { false } })
         #expect(publications(again).count == 1)
     }
+
+    @Test("A call abandoned at shutdown gives up its events: the drain finishes and nothing is stored past them")
+    func abandonedCall() {
+        var m = machine()
+        _ = m.assigned([p0])
+        _ = m.admit([refresh("e-1", offset: 0), refresh("e-2", offset: 1)], now: t0)
+        _ = m.shutdownRequested()
+        let actions = m.callAbandoned(JobKey(connectionID: "c-1", individualID: nil))
+        #expect(actions.contains { if case .finishShutdown(let offsets, 0) = $0 { offsets.values.allSatisfy { $0 == 0 } } else { false } })
+    }
 }
