@@ -1,9 +1,6 @@
 import FinchAPI
 import FinchSandbox
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Synchronization
 import JobsWorker
 import Kafka
@@ -82,9 +79,6 @@ public struct EmbeddedStack: Sendable {
             tasks.addTask { try await sandboxGroup.run() }
             do {
                 let port = try await waitFor("the sandbox to listen") { sandboxPort.value }
-                // One request first, so the sandbox's own first-request costs are not counted
-                // against the worker's first events.
-                _ = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/sandbox/stats")!)
                 configuration.tokensFile = tokensFile
                 configuration.finchBaseURL = "http://127.0.0.1:\(port)"
                 configuration.kafkaProperties = KafkaMockCluster.consumerProperties
