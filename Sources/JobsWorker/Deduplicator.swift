@@ -57,7 +57,6 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
 
     /// Keys remembered or in flight.
     package var count: Int { inFlight.count + remembered.count }
-    package var inFlightCount: Int { inFlight.count }
     /// Slots the remembered answers' storage has (memory held, used or not).
     package var rememberedCapacity: Int { remembered.capacity }
 

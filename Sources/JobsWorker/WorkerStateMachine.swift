@@ -101,7 +101,6 @@ struct WorkerStateMachine: Sendable {
     /// Ready while the group has assigned this member its partitions and it is neither
     /// stopping nor failed.
     var isReady: Bool { phase == .running || phase == .paused }
-    var isFetching: Bool { phase == .running || phase == .joining }
 
     // MARK: - Rebalances
 

@@ -105,8 +105,6 @@ final class OneShotSignal: Sendable {
         waiters.forEach { $0.resume() }
     }
 
-    var isSignalled: Bool { state.withLock { $0.done } }
-
     /// Returns once signalled, or at once when the task is cancelled.
     func wait() async {
         let id = state.withLock { state in
