@@ -62,10 +62,7 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
 
     /// Admits one event for `key` at `now`.
     package mutating func admit(_ key: JobKey, waiter: Waiter, now: Date) -> Admission {
-        if inFlight[key] != nil {
-            inFlight[key]!.append(waiter)
-            return .joined
-        }
+        if inFlight[key]?.append(waiter) != nil { return .joined }  // one lookup, in place
         let fingerprint = KeyFingerprint(key)
         if let memory = remembered[fingerprint] {
             if now.milliseconds < memory.untilMilliseconds { return answer(memory, fingerprint: fingerprint) }

@@ -74,22 +74,29 @@ package struct OffsetTracker: Sendable {
 
     /// Registers a received record.
     package mutating func receive(_ partition: TopicPartition, offset: Int64) -> Reception {
-        guard var state = partitions[partition] else { return .unassigned }
+        // In place (`partitions[partition]!`): a copy of the state would copy its whole
+        // pending queue on every record.
+        guard partitions[partition] != nil else { return .unassigned }
+        let reception = Self.receive(offset, partition: partition, in: &partitions[partition]!)
+        switch reception {
+        case .accepted, .rewound: unanswered += 1
+        case .duplicate, .unassigned: break
+        }
+        return reception
+    }
+
+    private static func receive(_ offset: Int64, partition: TopicPartition, in state: inout PartitionState) -> Reception {
         let position = RecordPosition(partition: partition, generation: state.generation, offset: offset)
         if let next = state.next, offset < next {
             // Below the position: librdkafka reset or re-fetched it. Unless it is still being
             // processed, process it again rather than skip it silently.
-            let index = Self.insertionIndex(of: offset, in: state.pending)
+            let index = insertionIndex(of: offset, in: state.pending)
             if index < state.pending.count, state.pending[index] == offset { return .duplicate }
             state.pending.insert(offset, at: index)
-            partitions[partition] = state
-            unanswered += 1
             return .rewound(position, expected: next)
         }
         state.pending.append(offset)
         state.next = offset + 1
-        partitions[partition] = state
-        unanswered += 1
         return .accepted(position)
     }
 
@@ -106,21 +113,29 @@ package struct OffsetTracker: Sendable {
     /// Gives up on a record whose answer cannot be published: it stops counting as unanswered
     /// (so drains can finish) but its partition's watermark never passes it.
     package mutating func abandon(_ position: RecordPosition) {
-        guard var state = partitions[position.partition], state.generation == position.generation else { return }
-        guard !state.done.contains(position.offset), state.abandoned.insert(position.offset).inserted else { return }
-        unanswered -= 1
-        partitions[position.partition] = state
+        guard partitions[position.partition]?.generation == position.generation else { return }
+        let abandoned = Self.abandon(position.offset, in: &partitions[position.partition]!)
+        if abandoned { unanswered -= 1 }
+    }
+
+    private static func abandon(_ offset: Int64, in state: inout PartitionState) -> Bool {
+        !state.done.contains(offset) && state.abandoned.insert(offset).inserted
     }
 
     /// Marks a record answered.
     package mutating func complete(_ position: RecordPosition) {
-        guard var state = partitions[position.partition], state.generation == position.generation else { return }
-        guard state.done.insert(position.offset).inserted else { return }
-        if state.abandoned.remove(position.offset) == nil { unanswered -= 1 }
+        guard partitions[position.partition]?.generation == position.generation else { return }
+        unanswered -= Self.complete(position.offset, in: &partitions[position.partition]!)
+    }
+
+    /// - Returns: by how much the unanswered count goes down (0 or 1).
+    private static func complete(_ offset: Int64, in state: inout PartitionState) -> Int {
+        guard state.done.insert(offset).inserted else { return 0 }
+        let wasUnanswered = state.abandoned.remove(offset) == nil
         while let first = state.pending.first, state.done.remove(first) != nil {
             state.pending.removeFirst()
         }
-        partitions[position.partition] = state
+        return wasUnanswered ? 1 : 0
     }
 
     /// Whether the record belongs to a partition's current assignment.

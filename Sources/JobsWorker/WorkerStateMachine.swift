@@ -168,17 +168,19 @@ struct WorkerStateMachine: Sendable {
                 actions.append(.publish(Publication(content: .deadLetter(record, reason, .none), events: [event])))
             case .success(let event):
                 let pending = PendingEvent(eventID: event.eventID, position: position, timestampMilliseconds: record.timestampMilliseconds)
-                switch dedup.admit(event.key, waiter: pending, now: now) {
-                case .call: actions.append(.call(event.key))
+                let key = event.key
+                // A key already answered from memory in this batch has the same answer for
+                // the rest of it (time is the batch's, and only a call's answer changes memory).
+                if local[key] != nil {
+                    local[key]!.events.append(pending)
+                    continue
+                }
+                switch dedup.admit(key, waiter: pending, now: now) {
+                case .call: actions.append(.call(key))
                 case .joined: break
                 case .answered(let answer, let decidedBy):
-                    let key = event.key
-                    if local[key] == nil {
-                        localOrder.append(key)
-                        local[key] = (answer, decidedBy, [pending])
-                    } else {
-                        local[key]!.events.append(pending)
-                    }
+                    localOrder.append(key)
+                    local[key] = (answer, decidedBy, [pending])
                 }
             }
         }
