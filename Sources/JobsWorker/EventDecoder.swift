@@ -14,7 +14,7 @@ public struct EventDecoder: Sendable {
         guard let value else { return .failure(.tombstone()) }
         guard value.count <= maxEventBytes else { return .failure(.tooLarge(value.count, limit: maxEventBytes)) }
         guard UTF8Validation.isValid(value) else { return .failure(.invalidUTF8()) }
-        let fields: [String: EventScanner.Field]
+        let fields: EventScanner.Fields
         do {
             fields = try EventScanner.scan(value)
         } catch {
@@ -80,13 +80,13 @@ private struct WireEvent {
     var requestedAt: WireField?
     var changedAt: WireField?
 
-    init(_ fields: [String: EventScanner.Field]) {
-        type = fields["type"]
-        eventID = fields["event_id"]
-        connectionID = fields["connection_id"]
-        individualID = fields["individual_id"]
-        requestedAt = fields["requested_at"]
-        changedAt = fields["changed_at"]
+    init(_ fields: EventScanner.Fields) {
+        type = fields.type
+        eventID = fields.eventID
+        connectionID = fields.connectionID
+        individualID = fields.individualID
+        requestedAt = fields.requestedAt
+        changedAt = fields.changedAt
     }
 }
 

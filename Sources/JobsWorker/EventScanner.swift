@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Reads the fields of an input event from its UTF-8 bytes in one pass, validating the whole
 /// value as JSON (RFC 8259) without building it: only the top-level fields the worker needs
 /// are decoded. Nesting is tracked with an explicit stack, so no input can exhaust the call
@@ -19,8 +23,32 @@ struct EventScanner {
         case notAnObject
     }
 
-    /// The fields wanted, by name; the last occurrence of a repeated name wins.
-    static let wanted: Set<String> = ["type", "event_id", "connection_id", "individual_id", "requested_at", "changed_at"]
+    /// The top-level fields the worker reads; the last occurrence of a repeated name wins.
+    struct Fields: Equatable {
+        var type: Field?
+        var eventID: Field?
+        var connectionID: Field?
+        var individualID: Field?
+        var requestedAt: Field?
+        var changedAt: Field?
+
+        var isEmpty: Bool { self == Fields() }
+
+        /// The field a name stands for, compared as bytes (no String made for the name).
+        fileprivate static func slot(_ name: UnsafeBufferPointer<UInt8>) -> WritableKeyPath<Fields, Field?>? {
+            func equals(_ literal: StaticString) -> Bool {
+                literal.utf8CodeUnitCount == name.count && memcmp(literal.utf8Start, name.baseAddress!, name.count) == 0
+            }
+            switch name.count {
+            case 4: return equals("type") ? \.type : nil
+            case 8: return equals("event_id") ? \.eventID : nil
+            case 10: return equals("changed_at") ? \.changedAt : nil
+            case 12: return equals("requested_at") ? \.requestedAt : nil
+            case 13: return equals("connection_id") ? \.connectionID : (equals("individual_id") ? \.individualID : nil)
+            default: return nil
+            }
+        }
+    }
 
     private let bytes: UnsafeBufferPointer<UInt8>
     private var index = 0
@@ -30,8 +58,8 @@ struct EventScanner {
     }
 
     /// Scans `value` (valid UTF-8) and returns the wanted top-level fields.
-    static func scan(_ value: [UInt8]) throws(Failure) -> [String: Field] {
-        let result: Result<[String: Field], Failure> = value.withUnsafeBufferPointer { buffer in
+    static func scan(_ value: [UInt8]) throws(Failure) -> Fields {
+        let result: Result<Fields, Failure> = value.withUnsafeBufferPointer { buffer in
             var scanner = EventScanner(buffer)
             do throws(Failure) {
                 return .success(try scanner.document())
@@ -44,10 +72,10 @@ struct EventScanner {
 
     // MARK: - Grammar
 
-    private mutating func document() throws(Failure) -> [String: Field] {
+    private mutating func document() throws(Failure) -> Fields {
         skipWhitespace()
         guard let first = peek() else { throw .invalidJSON("empty value") }
-        var fields: [String: Field] = [:]
+        var fields = Fields()
         if first == UInt8(ascii: "{") {
             index += 1
             try objectMembers(into: &fields)
@@ -63,7 +91,7 @@ struct EventScanner {
     }
 
     /// The members of the top-level object, after its `{`.
-    private mutating func objectMembers(into fields: inout [String: Field]) throws(Failure) {
+    private mutating func objectMembers(into fields: inout Fields) throws(Failure) {
         skipWhitespace()
         if peek() == UInt8(ascii: "}") {
             index += 1
@@ -72,12 +100,12 @@ struct EventScanner {
         while true {
             skipWhitespace()
             guard peek() == UInt8(ascii: "\"") else { throw invalid("expected a field name") }
-            let name = try string()
+            let slot = try fieldName()
             skipWhitespace()
             guard next() == UInt8(ascii: ":") else { throw invalid("expected ':' after a field name") }
             skipWhitespace()
-            if Self.wanted.contains(name) {
-                fields[name] = try value()
+            if let slot {
+                fields[keyPath: slot] = try value()
             } else {
                 _ = try value(describeOnly: true)
             }
@@ -180,6 +208,20 @@ struct EventScanner {
     }
 
     // MARK: - Tokens
+
+    /// A top-level field name: which wanted field it is, if any. Names without escapes (all
+    /// real ones) are compared in place.
+    private mutating func fieldName() throws(Failure) -> WritableKeyPath<Fields, Field?>? {
+        let start = index + 1
+        var end = start
+        while end < bytes.count, bytes[end] != UInt8(ascii: "\""), bytes[end] != UInt8(ascii: "\\"), bytes[end] >= 0x20 { end += 1 }
+        if end < bytes.count, bytes[end] == UInt8(ascii: "\"") {
+            index = end + 1
+            return Fields.slot(UnsafeBufferPointer(rebasing: bytes[start..<end]))
+        }
+        let name = try string()
+        return Array(name.utf8).withUnsafeBufferPointer { Fields.slot($0) }
+    }
 
     private mutating func string() throws(Failure) -> String {
         index += 1  // the opening quote

@@ -27,12 +27,19 @@ struct EventScannerTests {
             let fields = try EventScanner.scan(bytes)
             let object = foundation as? [String: Any]
             #expect(object != nil, "scanner accepted \(document)")
-            if let type = object?["type"] as? String { #expect(fields["type"] == .string(type)) }
+            if let type = object?["type"] as? String { #expect(fields.type == .string(type)) }
         } catch .notAnObject {
             #expect(foundation != nil && !(foundation is [String: Any]), "\(document)")
         } catch {
             #expect(foundation == nil, "scanner refused valid \(document): \(error)")
         }
+    }
+
+    @Test("Field names are matched after their escapes are decoded, and the last repeated field wins")
+    func escapedNames() throws {
+        let fields = try EventScanner.scan(Array(#"{"t\u0079pe":"a","event_id":"e","event_id":"f","x":{"type":"nested"}}"#.utf8))
+        #expect(fields.type == .string("a"))
+        #expect(fields.eventID == .string("f"))
     }
 
     @Test("Nesting a hundred thousand levels deep is refused or skipped without exhausting the stack")
