@@ -23,10 +23,10 @@ public struct EventDecoder: Sendable {
             case .invalidJSON(let detail): return .failure(.invalidJSON(detail))
             }
         }
-        return validate(WireEvent(fields))
+        return validate(fields)
     }
 
-    private func validate(_ wire: WireEvent) -> Result<JobEvent, DeadLetterReason> {
+    private func validate(_ wire: EventScanner.Fields) -> Result<JobEvent, DeadLetterReason> {
         do {
             let type = try required(wire.type, "type")
             guard let kind = JobEvent.Kind(rawValue: type) else { return .failure(.unknownType(type)) }
@@ -68,25 +68,6 @@ public struct EventDecoder: Sendable {
             guard let date = FinchDate.parse(value) else { throw .invalidField(name, "is not an RFC 3339 timestamp") }
             return date
         }
-    }
-}
-
-/// The fields we read, each any JSON value so a wrong type is reported by name.
-private struct WireEvent {
-    var type: WireField?
-    var eventID: WireField?
-    var connectionID: WireField?
-    var individualID: WireField?
-    var requestedAt: WireField?
-    var changedAt: WireField?
-
-    init(_ fields: EventScanner.Fields) {
-        type = fields.type
-        eventID = fields.eventID
-        connectionID = fields.connectionID
-        individualID = fields.individualID
-        requestedAt = fields.requestedAt
-        changedAt = fields.changedAt
     }
 }
 
