@@ -48,6 +48,7 @@ let package = Package(
             name: "FinchSandbox",
             dependencies: [
                 "FinchAPI",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),

@@ -24,6 +24,9 @@ public struct EmbeddedStackConfiguration: Sendable {
     public var reuseWindow: Duration = .seconds(60)
     public var maxInFlight = 32
     public var maxRequestsPerSecond: Double = 1_000
+    /// The group's Finch call budget. The embedded sandbox has no IP limit, so the demo and
+    /// the benchmark lift it; a real deployment keeps the default (see the README).
+    public var clusterMaxCallsPerMinute: Double = 1_000_000
     public var maxBufferedEvents = 10_000
     /// Start the worker only when ``EmbeddedStack/startWorker()`` is called (to measure a
     /// backlog that is already in Kafka).
@@ -85,6 +88,7 @@ public struct EmbeddedStack: Sendable {
                 configuration.reuseWindow = options.reuseWindow
                 configuration.maxInFlight = options.maxInFlight
                 configuration.maxRequestsPerSecond = options.maxRequestsPerSecond
+                configuration.clusterMaxCallsPerMinute = options.clusterMaxCallsPerMinute
                 configuration.maxBufferedEvents = options.maxBufferedEvents
                 configuration.statisticsInterval = .seconds(1)
                 let registry = PrometheusCollectorRegistry()

@@ -144,7 +144,9 @@ public final class FinchClient: Sendable {
             return RawResponse(
                 status: Int(response.status.code),
                 requestID: response.headers.first(name: FinchHeaders.requestID),
-                retryAfter: response.headers.first(name: "Retry-After").flatMap(Int.init).map { .seconds($0) },
+                retryAfter: FinchRetryAfter.parse(
+                    milliseconds: response.headers.first(name: "retry-after-ms"), header: response.headers.first(name: "Retry-After")
+                ),
                 body: Data(buffer.readableBytesView)
             )
         } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
@@ -173,6 +175,7 @@ public final class FinchClient: Sendable {
         case 403: .forbidden
         case 404: .notFound
         case 408: .timeout
+        case 429 where body?.finchCode == "finch_api_ip_rl": .ipRateLimited
         case 429: .applicationRateLimited
         case 500...599: .serverError
         default: .unexpectedStatus

@@ -22,8 +22,13 @@ public struct FinchError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let notFound = Code("not_found")
         /// 5xx: Finch or the provider failed.
         public static let serverError = Code("server_error")
-        /// 429 without `retry_at`: Finch's application or IP rate limit, not the job quota.
+        /// 429 without `retry_at`: Finch's application rate limit (`finch_application_rl`, or
+        /// no known `finch_code`), not the job quota. Slow down and try again.
         public static let applicationRateLimited = Code("application_rate_limited")
+        /// 429 with `finch_code: finch_api_ip_rl`: the caller's IP address made too many
+        /// requests and Finch blocks it (60 minutes, by Finch's documentation). Retrying makes
+        /// it worse.
+        public static let ipRateLimited = Code("ip_rate_limited")
         /// 408, or no complete answer within the request timeout.
         public static let timeout = Code("timeout")
         /// The connection could not be made or broke before the answer.
@@ -45,7 +50,7 @@ public struct FinchError: Error, Sendable, Hashable, CustomStringConvertible {
     public let finchName: String?
     /// Finch's `finch_code` (for example `finch_application_rl`).
     public let finchCode: String?
-    /// `Retry-After`, when the response carried one.
+    /// `retry-after-ms` or `Retry-After` (seconds or an HTTP date), when the response carried one.
     public let retryAfter: Duration?
 
     public init(
@@ -62,7 +67,7 @@ public struct FinchError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Transient failures worth another attempt: connection errors, timeouts, 408, 5xx, and
-    /// 429 without `retry_at`. 400/401/403/404 are final.
+    /// the application rate limit. 400/401/403/404 and an IP block are final.
     public var isRetriable: Bool {
         [.serverError, .applicationRateLimited, .timeout, .connection].contains(code)
     }

@@ -11,19 +11,25 @@ public struct FinchRetryPolicy: Sendable, Hashable {
     public var jitter: Double
     /// No retry starts later than this after the first attempt.
     public var budget: Duration
+    /// How long a call keeps being retried after Finch's application rate limit
+    /// (`finch_application_rl`). These retries do not count against ``maxAttempts``: the call
+    /// limiter spaces them, and a throttled refresh is not a failed one.
+    public var rateLimitBudget: Duration
 
     public init(
         maxAttempts: Int = 5,
         initialBackoff: Duration = .milliseconds(500),
         maxBackoff: Duration = .seconds(8),
         jitter: Double = 0.25,
-        budget: Duration = .seconds(60)
+        budget: Duration = .seconds(60),
+        rateLimitBudget: Duration = .seconds(900)
     ) {
         self.maxAttempts = maxAttempts
         self.initialBackoff = initialBackoff
         self.maxBackoff = maxBackoff
         self.jitter = jitter
         self.budget = budget
+        self.rateLimitBudget = rateLimitBudget
     }
 
     /// The wait before the next attempt, or `nil` to give up.

@@ -12,6 +12,7 @@ import Synchronization
 public final class FinchSandbox: Sendable {
     private struct Shared {
         var state: SandboxState
+        var limits: SandboxRateLimits
         var stats = SandboxStats()
     }
 
@@ -22,7 +23,10 @@ public final class FinchSandbox: Sendable {
 
     /// - Parameter tokens: connection id → access token (the worker's tokens file format).
     public init(settings: SandboxSettings = SandboxSettings(), tokens: [String: String], clock: any SandboxClock = SystemSandboxClock(), logger: Logger) {
-        self.shared = Mutex(Shared(state: SandboxState(settings: settings)))
+        self.shared = Mutex(Shared(
+            state: SandboxState(settings: settings),
+            limits: SandboxRateLimits(application: settings.applicationRateLimit, ip: settings.ipRateLimit, ipBlock: settings.ipBlock)
+        ))
         self.tokens = Mutex(Dictionary(tokens.map { ($0.value, $0.key) }, uniquingKeysWith: { first, _ in first }))
         self.clock = clock
         self.logger = logger
@@ -40,10 +44,11 @@ public final class FinchSandbox: Sendable {
         set { shared.withLock { $0.state.settings.faults = newValue } }
     }
 
-    /// Forgets jobs, quotas and statistics.
+    /// Forgets jobs, quotas, rate-limit counts, blocks and statistics.
     public func reset() {
         shared.withLock { shared in
             shared.state.reset()
+            shared.limits.reset()
             shared.stats = SandboxStats()
         }
     }
@@ -53,11 +58,13 @@ public final class FinchSandbox: Sendable {
     /// Adds Finch's routes and the sandbox's own (`/sandbox/stats`, `/sandbox/reset`,
     /// `/sandbox/faults`) to a router.
     public func addRoutes<Context: RequestContext>(to router: Router<Context>) {
-        router.post("/jobs/automated") { request, _ in try await self.enqueue(request) }
-        router.get("/jobs/automated/{job_id}") { request, context in
-            self.getJob(request, id: context.parameters.get("job_id") ?? "")
+        router.post("/jobs/automated") { request, context in
+            try await self.enqueue(request, address: Self.address(context))
         }
-        router.get("/jobs/automated") { request, _ in self.listJobs(request) }
+        router.get("/jobs/automated/{job_id}") { request, context in
+            self.getJob(request, id: context.parameters.get("job_id") ?? "", address: Self.address(context))
+        }
+        router.get("/jobs/automated") { request, context in self.listJobs(request, address: Self.address(context)) }
         router.get("/sandbox/stats") { _, _ in Self.json(200, self.stats, requestID: UUID().uuidString) }
         router.get("/metrics") { _, _ in
             Response(
@@ -80,15 +87,23 @@ public final class FinchSandbox: Sendable {
         }
     }
 
-    private func enqueue(_ request: Request) async throws -> Response {
+    private func enqueue(_ request: Request, address: String) async throws -> Response {
         let requestID = UUID().uuidString.lowercased()
         shared.withLock { $0.stats.requests += 1 }
+        if let refused = limit(address: address, requestID: requestID) {
+            shared.withLock { $0.stats.record(status: "429", connection: "(blocked)") }
+            return refused
+        }
         let connection: String
         switch authenticate(request) {
         case .success(let found): connection = found
         case .failure(let response):
             shared.withLock { $0.stats.record(status: "401", connection: "(unauthenticated)") }
             return response(requestID)
+        }
+        if let refused = limit(endpoint: "POST /jobs/automated", requestID: requestID) {
+            shared.withLock { $0.stats.record(status: "429", connection: connection) }
+            return refused
         }
         let faults = shared.withLock { shared in
             shared.stats.inFlight += 1
@@ -113,7 +128,8 @@ public final class FinchSandbox: Sendable {
             return answer(500, Self.error(500, "server_error", "Internal server error", requestID: requestID))
         }
         if Double.random(in: 0..<1) < faults.applicationRateLimitRate {
-            return answer(429, Self.error(429, "rate_limit_exceeded_error", "Rate limit exceeded", finchCode: "finch_application_rl", requestID: requestID))
+            shared.withLock { $0.stats.rateLimited["finch_application_rl", default: 0] += 1 }
+            return answer(429, Self.rateLimited(finchCode: "finch_application_rl", retryAfter: nil, requestID: requestID))
         }
         if faults.reauthenticationConnections.contains(connection) {
             return answer(401, Self.error(401, "authentication_error", "The connection needs to be re-authenticated", finchCode: "reauthenticate_user", requestID: requestID))
@@ -140,6 +156,7 @@ public final class FinchSandbox: Sendable {
         case .reused(let jobID, let allowed, let remaining):
             return answer(202, Self.json(202, AutomatedJobResponseBody(jobID: jobID, jobURL: "\(base)/jobs/automated/\(jobID)", allowedRefreshes: allowed, remainingRefreshes: remaining), requestID: requestID))
         case .rateLimited(let retryAt, let lastJobID, let allowed):
+            shared.withLock { $0.stats.rateLimited["quota", default: 0] += 1 }
             return answer(429, Self.json(429, AutomatedJobResponseBody(
                 jobID: lastJobID, jobURL: lastJobID.map { "\(base)/jobs/automated/\($0)" },
                 allowedRefreshes: allowed, remainingRefreshes: 0, retryAt: FinchDate.format(retryAt)
@@ -147,8 +164,8 @@ public final class FinchSandbox: Sendable {
         }
     }
 
-    private func getJob(_ request: Request, id: String) -> Response {
-        authenticated(request) { connection, requestID in
+    private func getJob(_ request: Request, id: String, address: String) -> Response {
+        authenticated(request, address: address, endpoint: "GET /jobs/automated/{job_id}") { connection, requestID in
             let now = clock.now()
             guard let body = shared.withLock({ shared in shared.state.job(id, connectionID: connection).map { jobBody($0, state: shared.state, now: now, base: Self.baseURL(request)) } }) else {
                 return Self.error(404, "not_found_error", "Job \(id) not found", requestID: requestID)
@@ -157,8 +174,8 @@ public final class FinchSandbox: Sendable {
         }
     }
 
-    private func listJobs(_ request: Request) -> Response {
-        authenticated(request) { connection, requestID in
+    private func listJobs(_ request: Request, address: String) -> Response {
+        authenticated(request, address: address, endpoint: "GET /jobs/automated") { connection, requestID in
             let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 100
             let offset = request.uri.queryParameters.get("offset", as: Int.self) ?? 0
             guard limit >= 1, offset >= 0 else {
@@ -181,14 +198,63 @@ public final class FinchSandbox: Sendable {
     }
 
     /// Counts the request and runs `body` with the caller's connection and a request id, or
-    /// answers 401.
-    private func authenticated(_ request: Request, _ body: (_ connection: String, _ requestID: String) -> Response) -> Response {
+    /// answers 429 (a rate limit) or 401.
+    private func authenticated(
+        _ request: Request, address: String, endpoint: String, _ body: (_ connection: String, _ requestID: String) -> Response
+    ) -> Response {
         let requestID = UUID().uuidString.lowercased()
         shared.withLock { $0.stats.requests += 1 }
+        if let refused = limit(address: address, requestID: requestID) { return refused }
         switch authenticate(request) {
-        case .success(let connection): return body(connection, requestID)
-        case .failure(let response): return response(requestID)
+        case .success(let connection):
+            if let refused = limit(endpoint: endpoint, requestID: requestID) { return refused }
+            return body(connection, requestID)
+        case .failure(let response):
+            return response(requestID)
         }
+    }
+
+    // MARK: - Rate limits
+
+    /// The IP limit, checked before authentication; `nil` when the request may go on.
+    private func limit(address: String, requestID: String) -> Response? {
+        let now = clock.now()
+        let (verdict, withHeader) = shared.withLock { ($0.limits.checkAddress(address, now: now), $0.state.settings.retryAfterHeader) }
+        return refusal(verdict, withHeader: withHeader, requestID: requestID)
+    }
+
+    /// The application's limit on one endpoint, checked after authentication.
+    private func limit(endpoint: String, requestID: String) -> Response? {
+        let now = clock.now()
+        let (verdict, withHeader) = shared.withLock { ($0.limits.checkEndpoint(endpoint, now: now), $0.state.settings.retryAfterHeader) }
+        return refusal(verdict, withHeader: withHeader, requestID: requestID)
+    }
+
+    private func refusal(_ verdict: SandboxRateLimits.Verdict, withHeader: Bool, requestID: String) -> Response? {
+        let (finchCode, retryAfter): (String, Duration)
+        switch verdict {
+        case .allowed: return nil
+        case .applicationLimited(let after): (finchCode, retryAfter) = ("finch_application_rl", after)
+        case .ipBlocked(let after): (finchCode, retryAfter) = ("finch_api_ip_rl", after)
+        }
+        shared.withLock { $0.stats.rateLimited[finchCode, default: 0] += 1 }
+        return Self.rateLimited(finchCode: finchCode, retryAfter: withHeader ? retryAfter : nil, requestID: requestID)
+    }
+
+    /// Finch's 429 for its application and IP limits, byte for byte as its Rate Limits page
+    /// shows it (key order included); `Retry-After` in whole seconds, rounded up, when asked.
+    static func rateLimited(finchCode: String, retryAfter: Duration?, requestID: String) -> Response {
+        let body = #"{"statusCode":429,"status":429,"code":429,"message":"Too many requests for token","name":"rate_limit_exceeded_error","finch_code":""# + finchCode + #""}"#
+        var headers: HTTPFields = [.contentType: "application/json", requestIDField: requestID]
+        if let retryAfter {
+            headers[.retryAfter] = String(Int((retryAfter.timeInterval).rounded(.up)))
+        }
+        return Response(status: .tooManyRequests, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    /// The caller's IP address (the key of Finch's per-IP limit).
+    private static func address<Context: RequestContext>(_ context: Context) -> String {
+        (context as? any RemoteAddressRequestContext)?.remoteAddress?.ipAddress ?? "unknown"
     }
 
     private func jobBody(_ job: SandboxState.Job, state: SandboxState, now: Date, base: String) -> AutomatedJobBody {

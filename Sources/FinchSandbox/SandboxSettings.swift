@@ -11,6 +11,16 @@ public struct SandboxSettings: Sendable, Hashable {
     public var jobOutcome: String
     /// Whether the refresh quota also limits `w4_form_employee_sync` (undocumented; off).
     public var quotaLimitsW4: Bool
+    /// The application's limit per endpoint, in a rolling window (429 `finch_application_rl`);
+    /// Finch publishes no figure for `/jobs/automated`, so none by default.
+    public var applicationRateLimit: SandboxRateLimit?
+    /// The per-IP limit (429 `finch_api_ip_rl`), counted over Finch's routes; `finch-jobs
+    /// sandbox` applies Finch's documented 1,000 per 5 minutes by default.
+    public var ipRateLimit: SandboxRateLimit?
+    /// How long an address stays blocked after passing the IP limit.
+    public var ipBlock: Duration
+    /// Whether rate-limit 429s carry `Retry-After` (Finch does not say that it sends one).
+    public var retryAfterHeader: Bool
     public var faults: SandboxFaults
 
     public init(
@@ -19,6 +29,10 @@ public struct SandboxSettings: Sendable, Hashable {
         jobDuration: Duration = .seconds(10),
         jobOutcome: String = "complete",
         quotaLimitsW4: Bool = false,
+        applicationRateLimit: SandboxRateLimit? = nil,
+        ipRateLimit: SandboxRateLimit? = nil,
+        ipBlock: Duration = SandboxRateLimit.finchIPBlock,
+        retryAfterHeader: Bool = false,
         faults: SandboxFaults = SandboxFaults()
     ) {
         self.allowedRefreshes = allowedRefreshes
@@ -26,6 +40,10 @@ public struct SandboxSettings: Sendable, Hashable {
         self.jobDuration = jobDuration
         self.jobOutcome = jobOutcome
         self.quotaLimitsW4 = quotaLimitsW4
+        self.applicationRateLimit = applicationRateLimit
+        self.ipRateLimit = ipRateLimit
+        self.ipBlock = ipBlock
+        self.retryAfterHeader = retryAfterHeader
         self.faults = faults
     }
 }

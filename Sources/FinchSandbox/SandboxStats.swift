@@ -11,12 +11,15 @@ public struct SandboxStats: Sendable, Codable, Hashable {
     /// Enqueue calls being answered now, and the most at once.
     public var inFlight = 0
     public var peakInFlight = 0
+    /// 429s by kind: `quota` (with `retry_at`), `finch_application_rl`, `finch_api_ip_rl`, any route.
+    public var rateLimited: [String: Int] = ["quota": 0, "finch_application_rl": 0, "finch_api_ip_rl": 0]
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case requests, enqueueCalls = "enqueue_calls", enqueueByStatus = "enqueue_by_status"
         case enqueueByConnection = "enqueue_by_connection", inFlight = "in_flight", peakInFlight = "peak_in_flight"
+        case rateLimited = "rate_limited"
     }
 
     /// Calls that got `status` ("201", "202", …), for one connection or all.
@@ -50,7 +53,12 @@ public struct SandboxStats: Sendable, Codable, Hashable {
             "# HELP finch_jobs_sandbox_enqueue_peak_in_flight The most enqueue calls answered at once.",
             "# TYPE finch_jobs_sandbox_enqueue_peak_in_flight gauge",
             "finch_jobs_sandbox_enqueue_peak_in_flight \(peakInFlight)",
+            "# HELP finch_jobs_sandbox_rate_limited_total 429 answers by kind (quota, finch_application_rl, finch_api_ip_rl).",
+            "# TYPE finch_jobs_sandbox_rate_limited_total counter",
         ]
+        for (kind, count) in rateLimited.sorted(by: { $0.key < $1.key }) {
+            lines.append("finch_jobs_sandbox_rate_limited_total{kind=\"\(kind)\"} \(count)")
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -1,87 +1,141 @@
-import DequeModule
 import FinchAPI
 import Foundation
 import Synchronization
 
-/// Limits Finch calls of one replica: at most `maxInFlight` at once and `maxPerSecond` started
-/// per second (a token bucket). A 429 without `retry_at` (Finch's application or IP limit)
-/// halves the rate and pauses every call briefly; the rate then recovers step by step.
-package final class CallLimiter: Sendable {
+/// Why ``CallLimiter/acquire()`` gave no slot.
+enum CallRefusal: Error, Sendable, Hashable {
+    /// Finch blocked this replica's address (`finch_api_ip_rl`) until then.
+    case blocked(until: Date)
+    /// The waiting task was cancelled, or the limiter closed at shutdown.
+    case stopped
+}
+
+/// Limits this replica's Finch calls (see ``CallLimiterStateMachine``): performs what the state
+/// machine decides, resuming waiting calls and keeping one timer for the next token.
+final class CallLimiter: Sendable {
+    typealias Machine = CallLimiterStateMachine
+    typealias Outcome = CallLimiterStateMachine.Outcome
+
     private struct State {
-        var inFlight = 0
-        var tokens: Double
-        var rate: Double
-        var lastRefill: ContinuousClock.Instant
-        var pausedUntil: ContinuousClock.Instant
-        var waiters: Deque<CheckedContinuation<Void, Never>> = []
+        var machine: Machine
+        var waiting: [Machine.WaiterID: CheckedContinuation<Void, any Error>] = [:]
+        var nextID: Machine.WaiterID = 0
+        var timer: Task<Void, Never>?
+        var blockedUntil: Date?
     }
 
-    package let maxInFlight: Int
-    package let maxPerSecond: Double
     private let state: Mutex<State>
+    private let onBlockChanged: @Sendable (Date?) -> Void
 
-    package init(maxInFlight: Int, maxPerSecond: Double) {
-        self.maxInFlight = max(1, maxInFlight)
-        self.maxPerSecond = max(0.1, maxPerSecond)
-        let now = ContinuousClock.now
-        state = Mutex(State(tokens: min(self.maxPerSecond, Double(self.maxInFlight)), rate: self.maxPerSecond, lastRefill: now, pausedUntil: now))
+    /// - Parameter onBlockChanged: told when an IP block starts, is extended or ends.
+    convenience init(
+        maxInFlight: Int, maxPerSecond: Double, clusterPerMinute: Double? = nil,
+        onBlockChanged: @escaping @Sendable (Date?) -> Void = { _ in }
+    ) {
+        self.init(configuration: .init(maxInFlight: max(1, maxInFlight), maxPerSecond: max(0.001, maxPerSecond), clusterPerMinute: clusterPerMinute), onBlockChanged: onBlockChanged)
     }
 
-    package var inFlight: Int { state.withLock { $0.inFlight } }
-    package var currentRate: Double { state.withLock { $0.rate } }
-
-    /// Waits for a slot and a token. Pair every acquire with ``release(slowDown:)``.
-    package func acquire() async throws {
-        // A slot first (waiting in line), then a token from the bucket.
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let granted = state.withLock { state in
-                if state.inFlight < maxInFlight {
-                    state.inFlight += 1
-                    return true
-                }
-                state.waiters.append(continuation)
-                return false
-            }
-            if granted { continuation.resume() }
+    init(configuration: Machine.Configuration, onBlockChanged: @escaping @Sendable (Date?) -> Void = { _ in }) {
+        var machine = Machine(configuration: configuration, now: .now)
+        if configuration.clusterPerMinute == nil {
+            // Without a cluster budget the share does not matter; with one, it starts at
+            // nothing until the group assigns partitions.
+            _ = machine.setShare(owned: 1, total: 1, now: .now)
         }
-        while true {
-            let wait: Duration? = state.withLock { state in
-                let now = ContinuousClock.now
-                if now < state.pausedUntil { return state.pausedUntil - now }
-                let elapsed = (now - state.lastRefill).timeInterval
-                state.tokens = min(max(1, state.rate), state.tokens + elapsed * state.rate)
-                state.lastRefill = now
-                if state.tokens >= 1 {
-                    state.tokens -= 1
-                    return nil
+        state = Mutex(State(machine: machine))
+        self.onBlockChanged = onBlockChanged
+    }
+
+    var inFlight: Int { state.withLock { $0.machine.inFlight } }
+    var currentRate: Double { state.withLock { $0.machine.rate } }
+    /// Calls per minute of the group's budget this replica holds now.
+    var budgetPerMinute: Double { state.withLock { $0.machine.budgetPerMinute } }
+    /// The end of Finch's IP block, while one is in force.
+    var blockedUntil: Date? { state.withLock { $0.blockedUntil } }
+
+    /// Waits for a slot and a token. Pair every successful acquire with ``release(_:)``.
+    /// - Throws: ``CallRefusal/blocked(until:)`` at once while Finch blocks this replica, and
+    ///   ``CallRefusal/stopped`` when the task is cancelled or the limiter closes.
+    func acquire() async throws(CallRefusal) {
+        let id = state.withLock { state in
+            state.nextID += 1
+            return state.nextID
+        }
+        do {
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    // Registered before the input: the input may grant at once.
+                    state.withLock { $0.waiting[id] = continuation }
+                    input { $0.acquire(id, now: .now) }
+                    // A cancellation that came before registration found nothing to cancel.
+                    if Task.isCancelled { input { $0.cancel(id) } }
                 }
-                return .seconds((1 - state.tokens) / state.rate)
+            } onCancel: {
+                input { $0.cancel(id) }
             }
-            guard let wait else { return }
-            do {
-                try await Task.sleep(for: wait)
-            } catch {
-                release()
-                throw error
-            }
+        } catch let refusal as CallRefusal {
+            throw refusal
+        } catch {
+            throw .stopped
         }
     }
 
-    /// Frees the slot. `slowDown` (a 429 without retry_at) halves the rate and pauses all calls
-    /// for that long; a normal answer raises the rate back by a tenth of the maximum.
-    package func release(slowDown: Duration? = nil) {
-        let next: CheckedContinuation<Void, Never>? = state.withLock { state in
-            if let slowDown {
-                state.rate = max(state.rate / 2, min(1, maxPerSecond))
-                state.tokens = min(state.tokens, 0)
-                state.pausedUntil = max(state.pausedUntil, ContinuousClock.now + slowDown)
-            } else if state.rate < maxPerSecond {
-                state.rate = min(maxPerSecond, state.rate + maxPerSecond / 10)
+    /// Frees the slot of a granted call, saying how the call ended.
+    func release(_ outcome: Outcome) {
+        input { $0.release(outcome, now: .now) }
+    }
+
+    /// The replica owns `owned` of the group's `total` input partitions.
+    func setShare(owned: Int, total: Int) {
+        input { $0.setShare(owned: owned, total: total, now: .now) }
+    }
+
+    /// Refuses every waiting and later call, and stops the timer.
+    func close() {
+        input { $0.close() }
+        state.withLock { $0.timer?.cancel() }
+    }
+
+    // MARK: - Performing
+
+    private func input(_ transition: (inout Machine) -> [Machine.Action]) {
+        var resumptions: [(CheckedContinuation<Void, any Error>, CallRefusal?)] = []
+        var blockChange: Date??
+        state.withLock { state in
+            let now = ContinuousClock.now
+            for action in transition(&state.machine) {
+                switch action {
+                case .grant(let id):
+                    if let continuation = state.waiting.removeValue(forKey: id) { resumptions.append((continuation, nil)) }
+                case .refuse(let id, let refusal):
+                    guard let continuation = state.waiting.removeValue(forKey: id) else { continue }
+                    switch refusal {
+                    case .blocked(let until): resumptions.append((continuation, .blocked(until: Self.date(of: until, now: now))))
+                    case .cancelled, .closed: resumptions.append((continuation, .stopped))
+                    }
+                case .wake(let instant):
+                    state.timer?.cancel()
+                    state.timer = Task { [weak self] in
+                        do {
+                            try await Task.sleep(until: instant, clock: .continuous)
+                        } catch {
+                            return  // replaced by another wake, or closed
+                        }
+                        self?.input { $0.timerFired(now: .now) }
+                    }
+                case .blockChanged(let until):
+                    state.blockedUntil = until.map { Self.date(of: $0, now: now) }
+                    blockChange = .some(state.blockedUntil)
+                }
             }
-            if let waiter = state.waiters.popFirst() { return waiter }  // the slot passes on
-            state.inFlight -= 1
-            return nil
         }
-        next?.resume()
+        for (continuation, refusal) in resumptions {
+            if let refusal { continuation.resume(throwing: refusal) } else { continuation.resume() }
+        }
+        if let blockChange { onBlockChanged(blockChange) }
+    }
+
+    private static func date(of instant: ContinuousClock.Instant, now: ContinuousClock.Instant) -> Date {
+        Date().addingTimeInterval((instant - now).timeInterval)
     }
 }

@@ -6,7 +6,8 @@ public enum JobAnswer: Sendable, Hashable {
     case created(FinchJobReference)
     case reused(FinchJobReference)
     case rateLimited(retryAt: Date, lastJob: FinchJobReference?)
-    case failed(JobFailureCode, message: String)
+    /// `retryAt`: when a call can help again (after Finch's IP block or rate limit).
+    case failed(JobFailureCode, message: String, retryAt: Date? = nil)
 
     /// What events that joined an in-flight call are told: a job Finch created for the first
     /// event is, for them, a reused job.
@@ -27,6 +28,10 @@ public enum JobFailureCode: String, Sendable, Hashable, CaseIterable {
     case invalidFinchResponse = "invalid_finch_response"
     case unexpectedStatus = "unexpected_status"
     case retriesExhausted = "retries_exhausted"
+    /// Finch blocked this replica's IP address (`finch_api_ip_rl`); `retry_at` is the block's end.
+    case finchIPBlocked = "finch_ip_blocked"
+    /// Finch's application rate limit held for longer than the rate-limit retry budget.
+    case applicationRateLimited = "application_rate_limited"
 }
 
 /// Who decided an answer (`decided_by` in results).

@@ -75,8 +75,9 @@ public struct JobResult: Codable, Sendable, Hashable {
             self.retryAt = FinchDate.format(retryAt)
             jobID = lastJob?.jobID
             jobURL = lastJob?.jobURL
-        case .failed(let code, let message):
+        case .failed(let code, let message, let retryAt):
             type = "job.failed"
+            self.retryAt = retryAt.map(FinchDate.format)
             error = ErrorInfo(code: code.rawValue, message: message)
         }
     }

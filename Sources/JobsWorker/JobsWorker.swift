@@ -125,7 +125,8 @@ public final class JobsWorker: Service, Sendable {
                     case .records(let records):
                         driver.admit(records)
                     case .assigned(let partitions):
-                        driver.assign(partitions)
+                        let total = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics, logger: logger)
+                        driver.assign(partitions, totalPartitions: total)
                     case .revoked(let partitions, let acknowledgement):
                         await driver.revoke(partitions)
                         acknowledgement.acknowledge()
@@ -154,6 +155,22 @@ public final class JobsWorker: Service, Sendable {
             throw WorkerFailure(reason: reason)
         }
         logger.info("worker stopped")
+    }
+
+    /// How many partitions the input topics have in all (the denominator of this replica's
+    /// share of the call budget), or `nil` when the metadata cannot be read now.
+    private static func inputPartitions(producer: KafkaProducer, topics: [String], logger: Logger) async -> Int? {
+        var total = 0
+        for (topic, count) in await producer.partitionCounts(topics: topics, timeout: .seconds(5)) {
+            switch count {
+            case .success(let count):
+                total += count
+            case .failure(let error):
+                logger.warning("input topic's partition count unknown; the call budget share keeps the last known count", metadata: ["topic": "\(topic)", "error": "\(error)"])
+                return nil
+            }
+        }
+        return total
     }
 
     /// The whole stop within `timeout`: stop fetching and drain (three quarters of it at

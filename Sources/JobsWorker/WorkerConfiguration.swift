@@ -26,6 +26,10 @@ public struct WorkerConfiguration: Sendable {
     // Limits and windows
     public var maxInFlight = 32
     public var maxRequestsPerSecond: Double = 50
+    /// Finch calls per minute for all replicas of the group together, shared in proportion
+    /// to the input partitions each owns. 120 keeps any number of replicas behind one egress
+    /// address at 600 calls per 5 minutes, 60 % of Finch's per-IP limit (1,000 per 5 minutes).
+    public var clusterMaxCallsPerMinute: Double = 120
     /// Unanswered events beyond which partitions are paused.
     public var maxBufferedEvents = 10_000
     /// The most records handed from the consumer to the worker at once.
@@ -70,6 +74,10 @@ public struct WorkerConfiguration: Sendable {
         }
         guard maxInFlight >= 1 else { throw fail("--max-in-flight must be at least 1.") }
         guard maxRequestsPerSecond > 0 else { throw fail("--max-requests-per-second must be above 0.") }
+        guard clusterMaxCallsPerMinute > 0, clusterMaxCallsPerMinute <= 1_000_000 else {
+            throw fail("--cluster-max-calls-per-minute must be above 0 and at most 1000000.")
+        }
+        guard retry.rateLimitBudget >= .zero else { throw fail("--rate-limit-retry-budget must not be negative.") }
         guard maxBufferedEvents >= 1 else { throw fail("--max-buffered-events must be at least 1.") }
         guard (1...Self.maxBatchSizeLimit).contains(maxBatchSize) else { throw fail("--max-batch-size must be between 1 and \(Self.maxBatchSizeLimit).") }
         guard reuseWindow >= .zero else { throw fail("--reuse-window must not be negative.") }
@@ -80,7 +88,7 @@ public struct WorkerConfiguration: Sendable {
         guard requestTimeout > .zero else { throw fail("--request-timeout must be longer than zero.") }
         guard retry.maxAttempts >= 1 else { throw fail("--max-attempts must be at least 1.") }
         for (option, duration) in [("--reuse-window", reuseWindow), ("--revoke-timeout", revokeTimeout), ("--shutdown-timeout", shutdownTimeout),
-                                   ("--request-timeout", requestTimeout), ("--retry-budget", retry.budget)] where duration > DurationText.maximum {
+                                   ("--request-timeout", requestTimeout), ("--retry-budget", retry.budget), ("--rate-limit-retry-budget", retry.rateLimitBudget)] where duration > DurationText.maximum {
             throw fail("\(option) must be at most 366 days.")
         }
         guard maxInFlight <= 10_000 else { throw fail("--max-in-flight must be at most 10000.") }

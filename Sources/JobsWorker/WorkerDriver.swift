@@ -26,6 +26,9 @@ final class WorkerDriver: Sendable {
     /// Tasks waiting for a drain, by drain id (0 is the shutdown drain).
     private let drains = Mutex<[UInt64: CheckedContinuation<Void, Never>]>([:])
     private let nextDrainID = Atomic<UInt64>(1)
+    /// The input partitions this replica owns, and how many the input topics have in all:
+    /// its share of the group's call budget.
+    private let ownership = Mutex<(owned: Set<TopicPartition>, total: Int)>(([], 0))
     /// Work started outside the event loop (Finch calls, delayed republications), run by the
     /// service's task group so that shutdown cancels it.
     private let jobs: AsyncStream<@Sendable () async -> Void>.Continuation
@@ -47,7 +50,19 @@ final class WorkerDriver: Sendable {
         self.consumer = consumer
         self.finch = finch
         self.tokens = tokens
-        self.limiter = CallLimiter(maxInFlight: configuration.maxInFlight, maxPerSecond: configuration.maxRequestsPerSecond)
+        self.limiter = CallLimiter(
+            maxInFlight: configuration.maxInFlight, maxPerSecond: configuration.maxRequestsPerSecond,
+            clusterPerMinute: configuration.clusterMaxCallsPerMinute
+        ) { until in
+            metrics.blocked(until: until)
+            if let until {
+                logger.error("Finch blocked this replica's IP address (finch_api_ip_rl): no calls until the block ends; events that need a call are answered job.failed finch_ip_blocked", metadata: [
+                    "blocked_until": "\(FinchDate.format(until))",
+                ])
+            } else {
+                logger.notice("Finch's IP block ended: calls start again")
+            }
+        }
         self.metrics = metrics
         self.logger = logger
         self.decoder = EventDecoder(maxEventBytes: configuration.maxEventBytes)
@@ -80,10 +95,32 @@ final class WorkerDriver: Sendable {
         input { $0.admit(decoded, now: now) }
     }
 
-    func assign(_ partitions: [TopicPartition]) {
+    /// - Parameter totalPartitions: the input topics' partitions in all, from the cluster's
+    ///   metadata (`nil` if it could not be read: the last known count is kept).
+    func assign(_ partitions: [TopicPartition], totalPartitions: Int?) {
         metrics.rebalance(kind: "assigned", partitions: partitions.count)
         metrics.ownLag(partitions)
+        updateShare(adding: partitions, totalPartitions: totalPartitions)
         input { $0.assigned(partitions) }
+    }
+
+    /// Gives the limiter this replica's share of the call budget.
+    private func updateShare(adding added: [TopicPartition] = [], removing removed: [TopicPartition] = [], totalPartitions: Int? = nil) {
+        let (owned, total) = ownership.withLock { ownership in
+            ownership.owned.formUnion(added)
+            ownership.owned.subtract(removed)
+            if let totalPartitions { ownership.total = totalPartitions }
+            // Never less than what this replica can see it owns (metadata unread or stale).
+            var perTopic: [String: Int] = [:]
+            for partition in ownership.owned { perTopic[partition.topic] = max(perTopic[partition.topic] ?? 0, Int(partition.partition) + 1) }
+            ownership.total = max(ownership.total, perTopic.values.reduce(0, +))
+            return (ownership.owned.count, ownership.total)
+        }
+        limiter.setShare(owned: owned, total: total)
+        metrics.callBudget(perMinute: limiter.budgetPerMinute)
+        logger.info("Finch call budget share", metadata: [
+            "owned_partitions": "\(owned)", "total_partitions": "\(total)", "calls_per_minute": "\(limiter.budgetPerMinute)",
+        ])
     }
 
     /// Waits (up to the revoke timeout, or until cancelled) for the partitions' events to be
@@ -95,12 +132,15 @@ final class WorkerDriver: Sendable {
         await waitForDrain(id: id, deadline: .now + configuration.revokeTimeout,
                            start: { $0.revoke(partitions, id: id) },
                            onDeadline: { $0.revokeDeadlinePassed(id: id) })
+        // Only now: the drain's calls used the share the partitions came with.
+        updateShare(removing: partitions)
     }
 
     /// Drops lost partitions without storing offsets: another member may own them already.
     func lose(_ partitions: [TopicPartition]) {
         metrics.rebalance(kind: "lost", partitions: partitions.count)
         metrics.forgetLag(partitions)
+        updateShare(removing: partitions)
         input { $0.lost(partitions) }
     }
 
@@ -290,30 +330,63 @@ final class WorkerDriver: Sendable {
     private func call(_ key: JobKey) async {
         guard let token = tokens.token(for: key.connectionID) else {
             let answer = JobAnswer.failed(.noAccessToken, message: "the tokens file has no access token for connection \(key.connectionID)")
-            let now = self.now()
-            input { $0.callFinished(key, answer: answer, decidedBy: .local, finch: nil, attempts: 0, now: now) }
+            finish(key, answer, decidedBy: .local, last: nil, attempts: 0)
             return
         }
         let started = ContinuousClock.now
         var attempts = 0
+        // Attempts that count against the retry policy: application-limit 429s do not.
+        var counted = 0
+        var last: FinchEnqueueResult?
         while true {
             do {
                 try await limiter.acquire()
+            } catch .blocked(let until) {
+                let answer = JobAnswer.failed(.finchIPBlocked, message: Self.blockedMessage(until: until, calledNow: false), retryAt: until)
+                finish(key, answer, decidedBy: attempts == 0 ? .local : .finch, last: last, attempts: attempts)
+                return
             } catch {
                 return abandon(key)
             }
             attempts += 1
             let result = await finch.enqueue(key.request, token: token)
-            let slowDown: Duration? = result.error?.code == .applicationRateLimited ? max(result.error?.retryAfter ?? .seconds(1), .seconds(1)) : nil
-            limiter.release(slowDown: slowDown)
+            last = result
             metrics.finchCall(status: result.status, duration: result.latency)
+            switch result.error?.code {
+            case .ipRateLimited?:
+                limiter.release(.ipBlocked(retryAfter: result.error?.retryAfter))
+                metrics.rateLimited(.ip)
+                let until = limiter.blockedUntil ?? Date().addingTimeInterval(3_600)
+                logFailure(key, result, attempts: attempts, retryIn: nil)
+                let answer = JobAnswer.failed(.finchIPBlocked, message: Self.blockedMessage(until: until, calledNow: true), retryAt: until)
+                finish(key, answer, decidedBy: .finch, last: result, attempts: attempts)
+                return
+            case .applicationRateLimited?:
+                limiter.release(.applicationLimited(retryAfter: result.error?.retryAfter))
+                metrics.rateLimited(.application)
+                if ContinuousClock.now - started < configuration.retry.rateLimitBudget {
+                    // No wait here: the limiter holds every call back (Retry-After, or its own
+                    // pause) and lowered the rate; this call queues for its next turn.
+                    logFailure(key, result, attempts: attempts, retryIn: "after the call limiter's slow-down")
+                    continue
+                }
+                logFailure(key, result, attempts: attempts, retryIn: nil)
+                let retryAt = Date().addingTimeInterval((result.error?.retryAfter ?? .seconds(60)).timeInterval)
+                let answer = JobAnswer.failed(
+                    .applicationRateLimited,
+                    message: "Finch's application rate limit (finch_application_rl) held for the whole rate-limit retry budget (\(DurationText.format(configuration.retry.rateLimitBudget)))",
+                    retryAt: retryAt
+                )
+                finish(key, answer, decidedBy: .finch, last: result, attempts: attempts)
+                return
+            default:
+                limiter.release(.answered)
+            }
+            if case .rateLimited = result.outcome { metrics.rateLimited(.quota) }
             if let error = result.error {
-                let delay = configuration.retry.delay(afterAttempts: attempts, elapsed: ContinuousClock.now - started, error: error)
-                logger.log(level: delay == nil ? .error : .warning, "Finch call failed", metadata: [
-                    "connection_id": "\(key.connectionID)", "job_type": "\(key.jobType)", "attempt": "\(attempts)",
-                    "error": "\(error.code)", "finch_status": "\(error.status.map(String.init) ?? "none")",
-                    "finch_request_id": "\(error.requestID ?? "none")", "retry_in": "\(delay.map(DurationText.format) ?? "never")",
-                ])
+                counted += 1
+                let delay = configuration.retry.delay(afterAttempts: counted, elapsed: ContinuousClock.now - started, error: error)
+                logFailure(key, result, attempts: attempts, retryIn: delay.map(DurationText.format))
                 if let delay {
                     do {
                         try await Task.sleep(for: delay)
@@ -326,11 +399,28 @@ final class WorkerDriver: Sendable {
             if case .created(let job) = result.outcome {
                 logger.info("Finch job created", metadata: ["connection_id": "\(key.connectionID)", "job_id": "\(job.jobID)", "job_type": "\(key.jobType)", "finch_request_id": "\(result.requestID ?? "none")"])
             }
-            let answer = JobAnswer(result, attempts: attempts)
-            let now = self.now()
-            input { $0.callFinished(key, answer: answer, finch: result, attempts: attempts, now: now) }
+            finish(key, JobAnswer(result, attempts: attempts), decidedBy: .finch, last: result, attempts: attempts)
             return
         }
+    }
+
+    private func finish(_ key: JobKey, _ answer: JobAnswer, decidedBy: DecidedBy, last: FinchEnqueueResult?, attempts: Int) {
+        let now = self.now()
+        input { $0.callFinished(key, answer: answer, decidedBy: decidedBy, finch: last, attempts: attempts, now: now) }
+    }
+
+    private func logFailure(_ key: JobKey, _ result: FinchEnqueueResult, attempts: Int, retryIn: String?) {
+        guard let error = result.error else { return }
+        logger.log(level: retryIn == nil ? .error : .warning, "Finch call failed", metadata: [
+            "connection_id": "\(key.connectionID)", "job_type": "\(key.jobType)", "attempt": "\(attempts)",
+            "error": "\(error.code)", "finch_code": "\(error.finchCode ?? "none")", "finch_status": "\(error.status.map(String.init) ?? "none")",
+            "finch_request_id": "\(error.requestID ?? "none")", "retry_in": "\(retryIn ?? "never")",
+        ])
+    }
+
+    private static func blockedMessage(until: Date, calledNow: Bool) -> String {
+        let how = calledNow ? "Finch answered 429 finch_api_ip_rl" : "no call made"
+        return "Finch blocked this replica's IP address for too many requests until \(FinchDate.format(until)) (\(how))"
     }
 
     private func abandon(_ key: JobKey) {

@@ -20,7 +20,8 @@ public final class WorkerMetrics: Sendable {
         "finch_jobs_finch_calls_in_flight", "finch_jobs_buffered_events", "finch_jobs_paused_partitions",
         "finch_jobs_dedup_entries", "finch_jobs_dedup_evictions_total", "finch_jobs_consumer_lag",
         "finch_jobs_offset_resets_total", "finch_jobs_rebalances_total", "finch_jobs_publish_failures_total",
-        "finch_jobs_token_reloads_total", "finch_jobs_rewound_records_total",
+        "finch_jobs_token_reloads_total", "finch_jobs_rewound_records_total", "finch_jobs_finch_rate_limits_total",
+        "finch_jobs_finch_blocked_until_seconds", "finch_jobs_call_budget_per_minute",
     ]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -42,6 +43,9 @@ public final class WorkerMetrics: Sendable {
         for topic in inputTopics { _ = counter("finch_jobs_offset_resets_total", [("topic", topic), ("partition", "all")]) }
         for outcome in ["reloaded", "failed"] { _ = counter("finch_jobs_token_reloads_total", [("outcome", outcome)]) }
         _ = counter("finch_jobs_publish_failures_total")
+        for kind in RateLimitKind.allCases { _ = counter("finch_jobs_finch_rate_limits_total", [("kind", kind.rawValue)]) }
+        blocked(until: nil)
+        callBudget(perMinute: 0)
         _ = counter("finch_jobs_dedup_evictions_total")
         for topic in inputTopics { _ = counter("finch_jobs_rewound_records_total", [("topic", topic), ("partition", "all")]) }
         state(inFlight: 0, buffered: 0, pausedPartitions: 0, dedupEntries: 0, dedupEvictions: 0)
@@ -104,6 +108,31 @@ public final class WorkerMetrics: Sendable {
         counter("finch_jobs_finch_calls_total", [("status", status.map(String.init) ?? "no_response")]).increment()
         let (seconds, attoseconds) = duration.components
         timer("finch_jobs_finch_call_duration_seconds").recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+
+    /// Which of Finch's limits a 429 reported.
+    enum RateLimitKind: String, CaseIterable {
+        /// 429 with `retry_at`: the connection's refresh quota.
+        case quota
+        /// `finch_application_rl`: the application's rolling per-endpoint limit.
+        case application
+        /// `finch_api_ip_rl`: the IP address limit, followed by a block.
+        case ip
+    }
+
+    func rateLimited(_ kind: RateLimitKind) {
+        counter("finch_jobs_finch_rate_limits_total", [("kind", kind.rawValue)]).increment()
+    }
+
+    /// The end of Finch's IP block as Unix seconds; 0 when none is in force. Reported apart
+    /// from readiness: a blocked replica still answers events.
+    func blocked(until: Date?) {
+        gauge("finch_jobs_finch_blocked_until_seconds").record(until?.timeIntervalSince1970 ?? 0)
+    }
+
+    /// The calls per minute this replica's share of the group's budget allows.
+    func callBudget(perMinute: Double) {
+        gauge("finch_jobs_call_budget_per_minute").record(perMinute)
     }
 
     func tokenReload(outcome: String) {

@@ -197,32 +197,50 @@ public final class KafkaProducer: Sendable {
     /// - Returns: the topics whose metadata could not be read, with the reason (an unknown
     ///   topic, a timeout); the records to them will wait for librdkafka's own lookups.
     public func warmUp(topics: [String], timeout: Duration = .seconds(10)) async -> [String: KafkaError] {
+        await partitionCounts(topics: topics, timeout: timeout).compactMapValues { result in
+            if case .failure(let error) = result { return error }
+            return nil
+        }
+    }
+
+    /// Each topic's partition count from the cluster's metadata (and a topic handle kept for
+    /// the producer's lifetime, see ``warmUp(topics:timeout:)``), or why it could not be read.
+    public func partitionCounts(topics: [String], timeout: Duration = .seconds(10)) async -> [String: Result<Int, KafkaError>] {
         await withCheckedContinuation { continuation in
             DispatchQueue.global().async { [self] in
-                var failures: [String: KafkaError] = [:]
+                var counts: [String: Result<Int, KafkaError>] = [:]
                 for topic in topics {
-                    let handle: OpaquePointer? = topicHandles.withLock { handles in
-                        if let existing = handles[topic] { return existing.pointer }
-                        guard let made = rd_kafka_topic_new(client.pointer, topic, nil) else { return nil }
-                        handles[topic] = TopicHandle(pointer: made)
-                        return made
-                    }
-                    guard let handle else {
-                        failures[topic] = KafkaError(code: .produce, message: "cannot create a handle for topic \(topic)")
-                        continue
-                    }
-                    var metadata: UnsafePointer<rd_kafka_metadata>? = nil
-                    let err = rd_kafka_metadata(client.pointer, 0, handle, &metadata, Int32(clamping: timeout.milliseconds))
-                    defer { if let metadata { rd_kafka_metadata_destroy(metadata) } }
-                    if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                        failures[topic] = KafkaError.from(err, code: .produce, context: "no metadata for topic \(topic)")
-                    } else if let metadata, metadata.pointee.topic_cnt > 0, metadata.pointee.topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                        failures[topic] = KafkaError.from(metadata.pointee.topics[0].err, code: .produce, context: "topic \(topic)")
-                    }
+                    counts[topic] = partitionCount(topic: topic, timeout: timeout)
                 }
-                continuation.resume(returning: failures)
+                continuation.resume(returning: counts)
             }
         }
+    }
+
+    private func partitionCount(topic: String, timeout: Duration) -> Result<Int, KafkaError> {
+        let handle: OpaquePointer? = topicHandles.withLock { handles in
+            if let existing = handles[topic] { return existing.pointer }
+            guard let made = rd_kafka_topic_new(client.pointer, topic, nil) else { return nil }
+            handles[topic] = TopicHandle(pointer: made)
+            return made
+        }
+        guard let handle else {
+            return .failure(KafkaError(code: .produce, message: "cannot create a handle for topic \(topic)"))
+        }
+        var metadata: UnsafePointer<rd_kafka_metadata>? = nil
+        let err = rd_kafka_metadata(client.pointer, 0, handle, &metadata, Int32(clamping: timeout.milliseconds))
+        defer { if let metadata { rd_kafka_metadata_destroy(metadata) } }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            return .failure(KafkaError.from(err, code: .produce, context: "no metadata for topic \(topic)"))
+        }
+        guard let metadata, metadata.pointee.topic_cnt > 0 else {
+            return .failure(KafkaError(code: .produce, message: "no metadata for topic \(topic)"))
+        }
+        let found = metadata.pointee.topics[0]
+        if found.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            return .failure(KafkaError.from(found.err, code: .produce, context: "topic \(topic)"))
+        }
+        return .success(Int(found.partition_cnt))
     }
 
     /// Raises a fatal error as librdkafka would after an idempotence failure, for tests.

@@ -91,6 +91,9 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "Most Finch calls started per second, per replica. (env FINCH_JOBS_MAX_REQUESTS_PER_SECOND)")
     var maxRequestsPerSecond: Double = 50
 
+    @Option(help: "Finch calls per minute for all replicas of the group together, each replica taking the share of the input partitions it owns; the default keeps any number of replicas behind one address under Finch's per-IP limit. (env FINCH_JOBS_CLUSTER_MAX_CALLS_PER_MINUTE)")
+    var clusterMaxCallsPerMinute: Double = 120
+
     @Option(help: "Unanswered events beyond which partitions are paused. (env FINCH_JOBS_MAX_BUFFERED_EVENTS)")
     var maxBufferedEvents: Int = 10_000
 
@@ -121,6 +124,9 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "No retry starts later than this after the first attempt. (env FINCH_JOBS_RETRY_BUDGET)")
     var retryBudget: DurationArgument = DurationArgument(.seconds(60))
 
+    @Option(help: "How long a call keeps being retried while Finch answers its application rate limit (finch_application_rl). (env FINCH_JOBS_RATE_LIMIT_RETRY_BUDGET)")
+    var rateLimitRetryBudget: DurationArgument = DurationArgument(.seconds(900))
+
     @Option(help: "A librdkafka property key=value (TLS, SASL, tuning); repeatable. In the environment, one per line. (env FINCH_JOBS_KAFKA_CONFIG)")
     var kafkaConfig: [String] = []
 
@@ -133,6 +139,7 @@ struct WorkerOptions: ParsableArguments {
         configuration.finchBaseURL = finchBaseURL
         configuration.maxInFlight = maxInFlight
         configuration.maxRequestsPerSecond = maxRequestsPerSecond
+        configuration.clusterMaxCallsPerMinute = clusterMaxCallsPerMinute
         configuration.maxBufferedEvents = maxBufferedEvents
         configuration.maxBatchSize = maxBatchSize
         configuration.reuseWindow = reuseWindow.duration
@@ -143,6 +150,7 @@ struct WorkerOptions: ParsableArguments {
         configuration.requestTimeout = requestTimeout.duration
         configuration.retry.maxAttempts = maxAttempts
         configuration.retry.budget = retryBudget.duration
+        configuration.retry.rateLimitBudget = rateLimitRetryBudget.duration
         for (index, entry) in kafkaConfig.enumerated() {
             guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
                 // Not echoed: a misplaced value may be a secret.

@@ -49,6 +49,18 @@ struct SandboxCommand: AsyncParsableCommand {
     @Option(help: "Fraction of enqueue calls whose connection is dropped unanswered. (env FINCH_JOBS_DROP_RATE)")
     var dropRate: Double = 0
 
+    @Option(help: "Finch's application limit per endpoint, N/WINDOW in a rolling window (429 finch_application_rl), or off; Finch publishes no figure for /jobs/automated. (env FINCH_JOBS_APP_RATE_LIMIT)")
+    var appRateLimit: RateLimitArgument = RateLimitArgument(nil)
+
+    @Option(help: "Finch's per-IP limit over its routes, N/WINDOW in a rolling window (429 finch_api_ip_rl), or off; Finch documents 1000 per 5 minutes. (env FINCH_JOBS_IP_RATE_LIMIT)")
+    var ipRateLimit: RateLimitArgument = RateLimitArgument(.finchIPLimit)
+
+    @Option(help: "How long an address stays blocked after passing the IP limit. (env FINCH_JOBS_IP_BLOCK)")
+    var ipBlock: DurationArgument = DurationArgument(SandboxRateLimit.finchIPBlock)
+
+    @Flag(help: "Send Retry-After (whole seconds) with the application and IP limit 429s. (env FINCH_JOBS_RETRY_AFTER_HEADER)")
+    var retryAfterHeader: Bool = false
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -58,6 +70,7 @@ struct SandboxCommand: AsyncParsableCommand {
         guard ["complete", "error", "reauth_error", "permissions_error"].contains(jobOutcome) else {
             throw ValidationError("--job-outcome must be complete, error, reauth_error or permissions_error, not \"\(jobOutcome)\".")
         }
+        guard ipBlock.duration > .zero else { throw ValidationError("--ip-block must be longer than zero.") }
         for (name, rate) in [("--failure-rate", failureRate), ("--application-rate-limit-rate", applicationRateLimitRate), ("--drop-rate", dropRate)] {
             guard (0...1).contains(rate) else { throw ValidationError("\(name) must be between 0 and 1, not \(rate).") }
         }
@@ -67,6 +80,8 @@ struct SandboxCommand: AsyncParsableCommand {
         SandboxSettings(
             allowedRefreshes: allowedRefreshes, window: window.duration, jobDuration: jobDuration.duration,
             jobOutcome: jobOutcome, quotaLimitsW4: quotaLimitsW4,
+            applicationRateLimit: appRateLimit.limit, ipRateLimit: ipRateLimit.limit, ipBlock: ipBlock.duration,
+            retryAfterHeader: retryAfterHeader,
             faults: SandboxFaults(
                 latencyMilliseconds: Int(latency.duration.timeInterval * 1_000),
                 failureRate: failureRate, applicationRateLimitRate: applicationRateLimitRate, dropRate: dropRate

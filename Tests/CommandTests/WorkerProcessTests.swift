@@ -14,6 +14,7 @@ struct WorkerProcessTests {
             "--input-topics", "\(kafka.topics.refresh),\(kafka.topics.w4)",
             "--results-topic", kafka.topics.results, "--dead-letter-topic", kafka.topics.deadLetter,
             "--finch-base-url", url, "--tokens-file", tokensFile, "--http-port", "0",
+            "--cluster-max-calls-per-minute", "600000",
             "--shutdown-timeout", "20s", "--log-level", "warning",
             "--kafka-config", "session.timeout.ms=10000", "--kafka-config", "heartbeat.interval.ms=500", "--kafka-config", "fetch.wait.max.ms=10",
         ])

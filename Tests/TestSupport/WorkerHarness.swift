@@ -187,6 +187,8 @@ extension EmbeddedKafka {
         configuration.kafkaProperties = mockGroupProperties
         configuration.tokensReloadInterval = .milliseconds(100)
         configuration.maxRequestsPerSecond = 2_000
+        // The sandbox has no IP limit unless a test sets one; tests that study the budget set it.
+        configuration.clusterMaxCallsPerMinute = 600_000
         configuration.statisticsInterval = .seconds(1)
         configuration.retry = FinchRetryPolicy(maxAttempts: 3, initialBackoff: .milliseconds(50), maxBackoff: .milliseconds(400), budget: .seconds(10))
         return configuration
