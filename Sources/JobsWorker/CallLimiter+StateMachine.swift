@@ -183,9 +183,9 @@ struct CallLimiterStateMachine: Sendable {
         guard let until = blockedUntil, now >= until else { return [] }
         blockedUntil = nil
         // Calls start again at half the rate, and go up as answers come back.
+        refill(now: now)
         factor = min(factor, 0.5)
         tokens = min(tokens, 1)
-        lastRefill = now
         return [.blockChanged(until: nil)]
     }
 
