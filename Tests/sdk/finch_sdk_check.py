@@ -1,6 +1,8 @@
 """Drives the sandbox with Finch's official Python SDK in strict mode.
 
 Usage: finch_sdk_check.py BASE_URL TOKEN OTHER_TOKEN
+       finch_sdk_check.py --limits BASE_URL TOKEN
+         (a sandbox run with --app-rate-limit 2/1m --ip-rate-limit 5/5m --retry-after-header)
 Every response must parse under strict response validation (a missing required key, an
 unknown enum value or an unparseable date fails). Prints "ok" and exits 0 when all pass.
 """
@@ -9,7 +11,11 @@ import time
 
 import finch
 
-base_url, token, other_token = sys.argv[1], sys.argv[2], sys.argv[3]
+limits_mode = sys.argv[1] == "--limits"
+if limits_mode:
+    base_url, token, other_token = sys.argv[2], sys.argv[3], None
+else:
+    base_url, token, other_token = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def client(access_token):
@@ -22,6 +28,32 @@ def check(condition, what):
         print("FAILED:", what)
         sys.exit(1)
 
+
+def expect_rate_limit(call, finch_code, what):
+    try:
+        call()
+        check(False, what + ": expected 429")
+    except finch.RateLimitError as error:
+        check(error.status_code == 429, what + ": 429 status")
+        check(error.body.get("finch_code") == finch_code, what + ": finch_code " + finch_code)
+        check(error.body.get("name") == "rate_limit_exceeded_error", what + ": name")
+        check("retry_at" not in error.body, what + ": no retry_at, unlike the quota 429")
+        check(int(error.response.headers.get("retry-after")) > 0, what + ": Retry-After")
+
+
+if limits_mode:
+    c = client(token)
+    for n in range(2):
+        check(c.jobs.automated.with_raw_response.create(
+            type="w4_form_employee_sync", params={"individual_id": "i-%d" % n}).status_code == 201, "within the limits")
+    # The application allows 2 a minute on this endpoint; the address 5 in 5 minutes.
+    for n in range(3):
+        expect_rate_limit(lambda: c.jobs.automated.create(type="w4_form_employee_sync", params={"individual_id": "x"}),
+                          "finch_application_rl", "application limit")
+    expect_rate_limit(lambda: c.jobs.automated.create(type="data_sync_all"), "finch_api_ip_rl", "IP limit")
+    expect_rate_limit(lambda: c.jobs.automated.list(), "finch_api_ip_rl", "IP block on every route")
+    print("ok")
+    sys.exit(0)
 
 c = client(token)
 
