@@ -7,20 +7,21 @@ public enum FinchRetryAfter {
     static let longest: Duration = .seconds(86_400)
 
     public static func parse(milliseconds: String?, header: String?, now: Date = Date()) -> Duration? {
-        if let text = milliseconds?.trimmingCharacters(in: .whitespaces), let value = Double(text), value.isFinite, value >= 0 {
-            return bounded(.milliseconds(Int64(value.rounded(.up))))
+        if let text = milliseconds?.trimmingCharacters(in: .whitespaces), let value = Double(text) {
+            return bounded(milliseconds: value)
         }
         guard let text = header?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
         if let seconds = Double(text) {
-            guard seconds.isFinite, seconds >= 0 else { return nil }
-            return bounded(.milliseconds(Int64((seconds * 1_000).rounded(.up))))
+            return bounded(milliseconds: seconds * 1_000)
         }
         guard let date = httpDate(text) else { return nil }
-        return bounded(.milliseconds(Int64(max(0, date.timeIntervalSince(now)) * 1_000)))
+        return bounded(milliseconds: max(0, date.timeIntervalSince(now)) * 1_000)
     }
 
-    private static func bounded(_ duration: Duration) -> Duration? {
-        duration <= longest ? duration : nil
+    /// Checked before converting: any header value must not crash the conversion to Int64.
+    private static func bounded(milliseconds: Double) -> Duration? {
+        guard milliseconds.isFinite, milliseconds >= 0, milliseconds <= Double(longest.components.seconds) * 1_000 else { return nil }
+        return .milliseconds(Int64(milliseconds.rounded(.up)))
     }
 
     /// IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.

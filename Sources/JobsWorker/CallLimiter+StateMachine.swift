@@ -29,6 +29,9 @@ struct CallLimiterStateMachine: Sendable {
         var burst: Duration = .milliseconds(100)
         /// The pause after an application-limit 429 without `Retry-After`.
         var defaultSlowDown: Duration = .seconds(1)
+        /// The longest pause an application-limit 429 can impose: Finch's window is 60 s, so a
+        /// longer `Retry-After` would only hold every call back for nothing.
+        var maxSlowDown: Duration = .seconds(60)
         /// The block after an IP-limit 429 without `Retry-After`: Finch documents 60 minutes.
         var defaultBlock: Duration = .seconds(3_600)
         /// The lowest fraction of the rate a slow-down can leave.
@@ -41,6 +44,8 @@ struct CallLimiterStateMachine: Sendable {
         case blocked(until: Instant)
         /// The waiting task was cancelled.
         case cancelled
+        /// The waiting call's own deadline passed first.
+        case timedOut
         /// The limiter closed (shutdown).
         case closed
     }
@@ -130,7 +135,7 @@ struct CallLimiterStateMachine: Sendable {
             refill(now: now)
             factor = max(configuration.minimumFactor, factor / 2)
             tokens = min(tokens, 0)
-            pausedUntil = max(pausedUntil, now + (retryAfter ?? configuration.defaultSlowDown))
+            pausedUntil = max(pausedUntil, now + min(retryAfter ?? configuration.defaultSlowDown, configuration.maxSlowDown))
         case .ipBlocked(let retryAfter):
             let until = now + (retryAfter ?? configuration.defaultBlock)
             if blockedUntil.map({ until > $0 }) ?? true {
@@ -146,6 +151,13 @@ struct CallLimiterStateMachine: Sendable {
         guard let index = waiters.firstIndex(of: id) else { return [] }  // already granted or refused
         waiters.remove(at: index)
         return [.refuse(id, .cancelled)]
+    }
+
+    /// A waiting call's deadline passed.
+    mutating func deadlinePassed(_ id: WaiterID) -> [Action] {
+        guard let index = waiters.firstIndex(of: id) else { return [] }
+        waiters.remove(at: index)
+        return [.refuse(id, .timedOut)]
     }
 
     /// The wake asked for arrived (or an earlier one).

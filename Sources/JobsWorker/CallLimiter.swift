@@ -8,6 +8,8 @@ enum CallRefusal: Error, Sendable, Hashable {
     case blocked(until: Date)
     /// The waiting task was cancelled, or the limiter closed at shutdown.
     case stopped
+    /// The deadline given to ``CallLimiter/acquire(deadline:)`` passed first.
+    case timedOut
 }
 
 /// Limits this replica's Finch calls (see ``CallLimiterStateMachine``): performs what the state
@@ -27,7 +29,8 @@ final class CallLimiter: Sendable {
     private let state: Mutex<State>
     private let onBlockChanged: @Sendable (Date?) -> Void
 
-    /// - Parameter onBlockChanged: told when an IP block starts, is extended or ends.
+    /// - Parameter onBlockChanged: told when an IP block starts, is extended or ends, in order
+    ///   (under the limiter's lock: it must not call the limiter).
     convenience init(
         maxInFlight: Int, maxPerSecond: Double, clusterPerMinute: Double? = nil,
         onBlockChanged: @escaping @Sendable (Date?) -> Void = { _ in }
@@ -54,13 +57,21 @@ final class CallLimiter: Sendable {
     var blockedUntil: Date? { state.withLock { $0.blockedUntil } }
 
     /// Waits for a slot and a token. Pair every successful acquire with ``release(_:)``.
-    /// - Throws: ``CallRefusal/blocked(until:)`` at once while Finch blocks this replica, and
-    ///   ``CallRefusal/stopped`` when the task is cancelled or the limiter closes.
-    func acquire() async throws(CallRefusal) {
+    /// - Throws: ``CallRefusal/blocked(until:)`` at once while Finch blocks this replica,
+    ///   ``CallRefusal/timedOut`` when `deadline` passes first, and ``CallRefusal/stopped``
+    ///   when the task is cancelled or the limiter closes.
+    func acquire(deadline: ContinuousClock.Instant? = nil) async throws(CallRefusal) {
         let id = state.withLock { state in
             state.nextID += 1
             return state.nextID
         }
+        let timer = deadline.map { deadline in
+            Task { [weak self] in
+                guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
+                self?.input { $0.deadlinePassed(id) }
+            }
+        }
+        defer { timer?.cancel() }
         do {
             try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -100,7 +111,6 @@ final class CallLimiter: Sendable {
 
     private func input(_ transition: (inout Machine) -> [Machine.Action]) {
         var resumptions: [(CheckedContinuation<Void, any Error>, CallRefusal?)] = []
-        var blockChange: Date??
         state.withLock { state in
             let now = ContinuousClock.now
             for action in transition(&state.machine) {
@@ -112,6 +122,7 @@ final class CallLimiter: Sendable {
                     switch refusal {
                     case .blocked(let until): resumptions.append((continuation, .blocked(until: Self.date(of: until, now: now))))
                     case .cancelled, .closed: resumptions.append((continuation, .stopped))
+                    case .timedOut: resumptions.append((continuation, .timedOut))
                     }
                 case .wake(let instant):
                     state.timer?.cancel()
@@ -125,14 +136,14 @@ final class CallLimiter: Sendable {
                     }
                 case .blockChanged(let until):
                     state.blockedUntil = until.map { Self.date(of: $0, now: now) }
-                    blockChange = .some(state.blockedUntil)
+                    // Under the lock, so reports of a block's start and end keep their order.
+                    onBlockChanged(state.blockedUntil)
                 }
             }
         }
         for (continuation, refusal) in resumptions {
             if let refusal { continuation.resume(throwing: refusal) } else { continuation.resume() }
         }
-        if let blockChange { onBlockChanged(blockChange) }
     }
 
     private static func date(of instant: ContinuousClock.Instant, now: ContinuousClock.Instant) -> Date {

@@ -118,5 +118,9 @@ struct SandboxRateLimitTests {
         #expect(FinchRetryAfter.parse(milliseconds: nil, header: "-5") == nil)
         #expect(FinchRetryAfter.parse(milliseconds: nil, header: "999999999") == nil)
         #expect(FinchRetryAfter.parse(milliseconds: nil, header: nil) == nil)
+        // Values beyond Int64 are refused, not a crash.
+        #expect(FinchRetryAfter.parse(milliseconds: "1e20", header: nil) == nil)
+        #expect(FinchRetryAfter.parse(milliseconds: nil, header: "1e17") == nil)
+        #expect(FinchRetryAfter.parse(milliseconds: "nan", header: nil) == nil)
     }
 }
