@@ -46,6 +46,9 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     /// Remembered answers by key fingerprint: 16 bytes instead of the key's strings.
     private var remembered: [KeyFingerprint: Remembered] = [:]
     private var deadlines = Heap<Deadline>()
+    /// Keys another replica is calling Finch for (from the decision log), until when. While
+    /// a key is here and in ``inFlight``, its waiters wait for that replica's decision.
+    private var elsewhere: [JobKey: Int64] = [:]
     private var jobs = CompactJob.Table()
     /// Remembered answers evicted by the capacity bound, since the start.
     package private(set) var evictions = 0
@@ -69,7 +72,75 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
             forget(fingerprint)
         }
         inFlight[key] = [waiter]
+        if !elsewhere.isEmpty, let until = elsewhere[key] {
+            // Another replica is calling for this key: wait for its decision, not a second call.
+            if now.milliseconds < until { return .joined }
+            elsewhere[key] = nil
+        }
         return .call
+    }
+
+    // MARK: - The decision log
+
+    /// Keys another replica is calling Finch for, as the decision log tells.
+    package var callsElsewhere: Int { elsewhere.count }
+
+    /// Another replica started a call for `key`, counted abandoned after `until`. Ignored
+    /// when this replica remembers an answer for the key or is calling for it itself.
+    package mutating func restoreCallElsewhere(_ key: JobKey, until: Date, now: Date) {
+        guard until > now else { return }
+        if inFlight[key] != nil, elsewhere[key] == nil { return }  // our own call
+        if let memory = remembered[KeyFingerprint(key)], now.milliseconds < memory.untilMilliseconds { return }
+        elsewhere[key] = max(elsewhere[key] ?? 0, until.milliseconds)
+    }
+
+    /// Another replica decided `key` (a job until `until`, or a quota 429 until `retryAt`).
+    /// Returns the waiters that were waiting for that replica's call: the answer is theirs.
+    package mutating func restoreDecision(_ key: JobKey, answer: JobAnswer, until: Date, now: Date) -> [Waiter] {
+        let fingerprint = KeyFingerprint(key)
+        var waiters: [Waiter] = []
+        if elsewhere.removeValue(forKey: key) != nil {
+            waiters = inFlight.removeValue(forKey: key) ?? []
+        }
+        guard until > now else { return waiters }
+        if remembered[fingerprint] != nil { forget(fingerprint) }
+        switch answer {
+        case .created(let job), .reused(let job):
+            remember(fingerprint, Remembered(untilMilliseconds: until.milliseconds, job: jobs.compact(job, for: fingerprint), kind: .reused))
+        case .rateLimited(_, let lastJob):
+            let job = lastJob.map { jobs.compact($0, for: fingerprint) } ?? CompactJob.none
+            remember(fingerprint, Remembered(untilMilliseconds: until.milliseconds, job: job, kind: lastJob == nil ? .rateLimitedWithoutJob : .rateLimited))
+        case .failed:
+            break
+        }
+        return waiters
+    }
+
+    /// Another replica cleared `key`: its call ended without a decision (`expired` nil), or the
+    /// decision that expired at `expired` is gone. Returns whether events wait for the key
+    /// and now need a call of this replica's own (their entry becomes an own call).
+    package mutating func restoreCleared(_ key: JobKey, expired: Date?) -> Bool {
+        if elsewhere.removeValue(forKey: key) != nil {
+            if inFlight[key] != nil { return true }
+        }
+        if let expired {
+            let fingerprint = KeyFingerprint(key)
+            if let memory = remembered[fingerprint], memory.untilMilliseconds <= expired.milliseconds { forget(fingerprint) }
+        }
+        return false
+    }
+
+    /// Ends the waits for other replicas' calls that passed their deadline by `now`; returns
+    /// the keys whose events now need a call of this replica's own.
+    package mutating func expireCallsElsewhere(now: Date) -> [JobKey] {
+        guard !elsewhere.isEmpty else { return [] }
+        let now = now.milliseconds
+        var calls: [JobKey] = []
+        for (key, until) in elsewhere where until <= now {
+            elsewhere[key] = nil
+            if inFlight[key] != nil { calls.append(key) }
+        }
+        return calls
     }
 
     /// Records Finch's answer for `key` and returns every waiter it answers (the first event
@@ -108,7 +179,8 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
 
     /// Forgets a call in flight without an answer and returns its waiters.
     package mutating func abandon(_ key: JobKey) -> [Waiter] {
-        inFlight.removeValue(forKey: key) ?? []
+        elsewhere[key] = nil
+        return inFlight.removeValue(forKey: key) ?? []
     }
 
     /// Drops remembered answers that expired by `now`, each at its own deadline, and gives

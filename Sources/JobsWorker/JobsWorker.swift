@@ -48,6 +48,17 @@ public final class JobsWorker: Service, Sendable {
         }
         metrics.prepare(inputTopics: configuration.inputTopics)
         let finch = try FinchClient(configuration: configuration.finchClient, logger: logger)
+        do {
+            try await run(finch: finch, tokens: tokens)
+        } catch {
+            // Every way out shuts the HTTP client down (it must not be dropped running).
+            try? await finch.shutdown()
+            throw error
+        }
+    }
+
+    private func run(finch: FinchClient, tokens: TokenStore) async throws {
+        let configuration = self.configuration
         let client = KafkaClientConfiguration(
             bootstrapServers: configuration.bootstrapServers,
             clientID: KafkaClientConfiguration.uniqueClientID(prefix: "finch-jobs"),
@@ -77,19 +88,34 @@ public final class JobsWorker: Service, Sendable {
         for (topic, error) in await producer.warmUp(topics: [configuration.resultsTopic, configuration.deadLetterTopic]) {
             logger.warning("output topic not ready at startup; its first records may wait for Kafka's metadata", metadata: ["topic": "\(topic)", "error": "\(error)"])
         }
+        // The input topics' partition count: the denominator of this replica's call budget share.
+        let partitionTotal = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics, logger: logger)
+        // The decision log, read to its end before joining the group, so this replica is
+        // ready only with the group's memory.
+        let decisionLog: KafkaLogReader
+        let restoredRecords: [KafkaRecord]
+        do {
+            (decisionLog, restoredRecords) = try await Self.readDecisionLog(client: client, topic: configuration.decisionsTopic, logger: logger)
+        } catch {
+            producer.close()
+            throw error
+        }
         let metrics = self.metrics
         let consumer: KafkaConsumer
         do {
+            var consumerConfiguration = KafkaConsumerConfiguration(
+                client: client, groupID: configuration.groupID, topics: configuration.inputTopics,
+                maxBatchSize: configuration.maxBatchSize, rebalanceTimeout: configuration.revokeTimeout + .seconds(5)
+            )
+            consumerConfiguration.groupInstanceID = configuration.instanceID
             consumer = try KafkaConsumer(
-                configuration: KafkaConsumerConfiguration(
-                    client: client, groupID: configuration.groupID, topics: configuration.inputTopics,
-                    maxBatchSize: configuration.maxBatchSize, rebalanceTimeout: configuration.revokeTimeout + .seconds(5)
-                ),
+                configuration: consumerConfiguration,
                 logger: logger,
                 onStatistics: { metrics.consumerLag($0.consumerLag) },
                 onOffsetReset: { metrics.offsetReset($0.topicPartition) }
             )
         } catch {
+            decisionLog.close()
             producer.close()
             throw error
         }
@@ -100,6 +126,11 @@ public final class JobsWorker: Service, Sendable {
             metrics: metrics, logger: logger, jobs: jobQueue, onFailure: fail
         )
         self.driver.withLock { $0 = driver }
+        if let partitionTotal { driver.setPartitionTotal(partitionTotal) }
+        let skipped = driver.restore(restoredRecords, startup: true)
+        if skipped > 0 {
+            logger.warning("unreadable records in the decision log were skipped", metadata: ["skipped": "\(skipped)", "topic": "\(configuration.decisionsTopic)"])
+        }
         logger.info("worker starting", metadata: [
             "group": "\(configuration.groupID)", "input_topics": "\(configuration.inputTopics)",
             "connections_with_tokens": "\(tokens.count)", "finch_base_url": "\(configuration.finchBaseURL)",
@@ -109,6 +140,25 @@ public final class JobsWorker: Service, Sendable {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await Self.housekeeping(driver: driver, tokens: tokens, metrics: metrics, interval: configuration.tokensReloadInterval) }
+                // Other replicas' decisions, as they are written.
+                group.addTask {
+                    for await event in decisionLog.events {
+                        switch event {
+                        case .records(let records): driver.restore(records, startup: false)
+                        case .caughtUp: break
+                        case .error(let error): self.logger.warning("decision log read error", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+                // Partitions added to the input topics change every replica's share.
+                group.addTask {
+                    while (try? await Task.sleep(for: .seconds(30))) != nil {
+                        if let total = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics, logger: self.logger) {
+                            driver.setPartitionTotal(total)
+                        }
+                        metrics.decisionLogLag(decisionLog.lag)
+                    }
+                }
                 // Finch calls and delayed republications; cancelled with the group.
                 group.addTask {
                     await withDiscardingTaskGroup { work in
@@ -125,8 +175,7 @@ public final class JobsWorker: Service, Sendable {
                     case .records(let records):
                         driver.admit(records)
                     case .assigned(let partitions):
-                        let total = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics, logger: logger)
-                        driver.assign(partitions, totalPartitions: total)
+                        driver.assign(partitions)
                     case .revoked(let partitions, let acknowledgement):
                         await driver.revoke(partitions)
                         acknowledgement.acknowledge()
@@ -145,9 +194,16 @@ public final class JobsWorker: Service, Sendable {
         }
         requestStop.finish()
         jobQueue.finish()
+        decisionLog.close()
         producer.close(timeout: .seconds(1))
         try? await finch.shutdown()
+        driver.limiter.close()
         if let fatal {
+            if fatal.isFencedInstance, let instanceID = configuration.instanceID {
+                let reason = "another replica joined the group with the same --instance-id \(instanceID); this one was fenced and stops (give every replica its own id)"
+                logger.critical("worker stopped: fenced", metadata: ["instance_id": "\(instanceID)", "error": "\(fatal)"])
+                throw WorkerFailure(reason: reason)
+            }
             logger.critical("worker stopped on a fatal Kafka error", metadata: ["error": "\(fatal)"])
             throw fatal
         }
@@ -171,6 +227,37 @@ public final class JobsWorker: Service, Sendable {
             }
         }
         return total
+    }
+
+    /// Reads the decision log to its end. Returns the reader (which goes on following the log)
+    /// and the records read.
+    private static func readDecisionLog(client: KafkaClientConfiguration, topic: String, logger: Logger) async throws -> (KafkaLogReader, [KafkaRecord]) {
+        let started = ContinuousClock.now
+        let reader: KafkaLogReader
+        do {
+            var readerClient = client
+            readerClient.statisticsInterval = nil
+            reader = try KafkaLogReader(client: readerClient, topic: topic, logger: logger)
+        } catch {
+            throw WorkerFailure(reason: "the decision log \(topic) cannot be read (\(error)); create it with cleanup.policy=compact, or name another with --decisions-topic")
+        }
+        var records: [KafkaRecord] = []
+        reading: for await event in reader.events {
+            switch event {
+            case .records(let batch): records += batch
+            case .caughtUp: break reading
+            case .error(let error): logger.warning("decision log read error", metadata: ["error": "\(error)"])
+            }
+        }
+        if Task.isCancelled {
+            reader.close()
+            throw CancellationError()
+        }
+        logger.info("decision log read", metadata: [
+            "topic": "\(topic)", "records": "\(records.count)", "partitions": "\(reader.partitionCount)",
+            "seconds": "\(String(format: "%.3f", (ContinuousClock.now - started).timeInterval))",
+        ])
+        return (reader, records)
     }
 
     /// The whole stop within `timeout`: stop fetching and drain (three quarters of it at

@@ -12,6 +12,11 @@ public struct WorkerConfiguration: Sendable {
     public var inputTopics = ["finch.refresh-requested", "finch.w4-changed"]
     public var resultsTopic = "finch.job-results"
     public var deadLetterTopic = "finch.dead-letter"
+    /// The compacted decision log every replica reads and writes.
+    public var decisionsTopic = "finch.decisions"
+    /// Kafka's `group.instance.id` (static membership): a replica restarted within the
+    /// session timeout takes its partitions back without a rebalance. Unique per replica.
+    public var instanceID: String?
     /// Raw librdkafka properties (TLS, SASL, tuning) for both consumer and producer.
     public var kafkaProperties: [String: String] = [:]
     /// `ce_source` of results.
@@ -64,9 +69,15 @@ public struct WorkerConfiguration: Sendable {
         guard !inputTopics.isEmpty, inputTopics.allSatisfy({ !$0.isEmpty }) else { throw fail("--input-topics must name at least one topic.") }
         guard !resultsTopic.isEmpty else { throw fail("--results-topic must not be empty.") }
         guard !deadLetterTopic.isEmpty else { throw fail("--dead-letter-topic must not be empty.") }
-        let outputs = Set([resultsTopic, deadLetterTopic])
-        guard outputs.count == 2 else { throw fail("--results-topic and --dead-letter-topic must differ.") }
-        guard outputs.isDisjoint(with: inputTopics) else { throw fail("--input-topics must not include the results or dead-letter topic.") }
+        guard !decisionsTopic.isEmpty else { throw fail("--decisions-topic must not be empty.") }
+        let outputs = Set([resultsTopic, deadLetterTopic, decisionsTopic])
+        guard outputs.count == 3 else { throw fail("--results-topic, --dead-letter-topic and --decisions-topic must differ.") }
+        guard outputs.isDisjoint(with: inputTopics) else { throw fail("--input-topics must not include the results, dead-letter or decisions topic.") }
+        if let instanceID {
+            guard !instanceID.isEmpty, instanceID.count <= 249, instanceID.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+                throw fail("--instance-id must be 1 to 249 printable ASCII characters without spaces.")
+            }
+        }
         do {
             _ = try FinchClientConfiguration(baseURL: finchBaseURL).normalizedBaseURL()
         } catch {

@@ -13,6 +13,8 @@ final class WorkerDriver: Sendable {
     typealias Publication = WorkerStateMachine.Publication
 
     let configuration: WorkerConfiguration
+    /// This process's id in the decision log's records.
+    let replicaID: String
     private let state: Mutex<WorkerStateMachine>
     private let producer: KafkaProducer
     private let consumer: KafkaConsumer
@@ -40,12 +42,15 @@ final class WorkerDriver: Sendable {
         tokens: TokenStore, metrics: WorkerMetrics, logger: Logger,
         jobs: AsyncStream<@Sendable () async -> Void>.Continuation,
         now: @escaping @Sendable () -> Date = Date.init,
+        replicaID: String = UUID().uuidString.lowercased(),
         onFailure: @escaping @Sendable (String) -> Void
     ) {
         self.configuration = configuration
         self.state = Mutex(WorkerStateMachine(configuration: .init(
-            maxBufferedEvents: configuration.maxBufferedEvents, reuseWindow: configuration.reuseWindow, dedupCapacity: configuration.dedupCapacity
+            maxBufferedEvents: configuration.maxBufferedEvents, reuseWindow: configuration.reuseWindow, dedupCapacity: configuration.dedupCapacity,
+            decisionLog: .init(replicaID: replicaID)
         )))
+        self.replicaID = replicaID
         self.producer = producer
         self.consumer = consumer
         self.finch = finch
@@ -95,32 +100,46 @@ final class WorkerDriver: Sendable {
         input { $0.admit(decoded, now: now) }
     }
 
-    /// - Parameter totalPartitions: the input topics' partitions in all, from the cluster's
-    ///   metadata (`nil` if it could not be read: the last known count is kept).
-    func assign(_ partitions: [TopicPartition], totalPartitions: Int?) {
+    func assign(_ partitions: [TopicPartition]) {
         metrics.rebalance(kind: "assigned", partitions: partitions.count)
         metrics.ownLag(partitions)
-        updateShare(adding: partitions, totalPartitions: totalPartitions)
+        updateShare(adding: partitions)
         input { $0.assigned(partitions) }
     }
 
+    /// The input topics' partitions in all, from the cluster's metadata (read at startup and
+    /// again periodically, never on the consumer's event loop).
+    func setPartitionTotal(_ total: Int) {
+        let changed = ownership.withLock { ownership in
+            defer { ownership.total = total }
+            return ownership.total != total
+        }
+        if changed { updateShare() }
+    }
+
     /// Gives the limiter this replica's share of the call budget.
-    private func updateShare(adding added: [TopicPartition] = [], removing removed: [TopicPartition] = [], totalPartitions: Int? = nil) {
+    private func updateShare(adding added: [TopicPartition] = [], removing removed: [TopicPartition] = []) {
         let (owned, total) = ownership.withLock { ownership in
             ownership.owned.formUnion(added)
             ownership.owned.subtract(removed)
-            if let totalPartitions { ownership.total = totalPartitions }
-            // Never less than what this replica can see it owns (metadata unread or stale).
+            guard ownership.total > 0 else { return (ownership.owned.count, 0) }
+            // Never less than what this replica can see it owns (partitions added since the
+            // last metadata read).
             var perTopic: [String: Int] = [:]
             for partition in ownership.owned { perTopic[partition.topic] = max(perTopic[partition.topic] ?? 0, Int(partition.partition) + 1) }
-            ownership.total = max(ownership.total, perTopic.values.reduce(0, +))
-            return (ownership.owned.count, ownership.total)
+            return (ownership.owned.count, max(ownership.total, perTopic.values.reduce(0, +)))
         }
+        // An unknown total gives no share: calls wait until the metadata is read, rather than
+        // risk the group's budget.
         limiter.setShare(owned: owned, total: total)
         metrics.callBudget(perMinute: limiter.budgetPerMinute)
-        logger.info("Finch call budget share", metadata: [
-            "owned_partitions": "\(owned)", "total_partitions": "\(total)", "calls_per_minute": "\(limiter.budgetPerMinute)",
-        ])
+        if total == 0, owned > 0 {
+            logger.warning("input topics' partition count unknown: no Finch calls until it is read", metadata: ["owned_partitions": "\(owned)"])
+        } else {
+            logger.info("Finch call budget share", metadata: [
+                "owned_partitions": "\(owned)", "total_partitions": "\(total)", "calls_per_minute": "\(limiter.budgetPerMinute)",
+            ])
+        }
     }
 
     /// Waits (up to the revoke timeout, or until cancelled) for the partitions' events to be
@@ -150,13 +169,43 @@ final class WorkerDriver: Sendable {
         await waitForDrain(id: 0, deadline: deadline, start: { $0.shutdownRequested() }, onDeadline: { $0.shutdownDeadlinePassed() })
     }
 
+    /// Applies decisions read from the decision log (during the startup read: `startup`).
+    /// Returns how many records were skipped as unreadable.
+    @discardableResult
+    func restore(_ records: [KafkaRecord], startup: Bool) -> Int {
+        var decisions: [Decision] = []
+        decisions.reserveCapacity(records.count)
+        var skipped = 0
+        for record in records {
+            switch Decision.read(record) {
+            case .success(let decision):
+                decisions.append(decision)
+            case .failure(let reason):
+                skipped += 1
+                metrics.decisionSkipped(reason)
+                logger.debug("unreadable decision record skipped", metadata: [
+                    "reason": "\(reason.rawValue)", "partition": "\(record.partition)", "offset": "\(record.offset)",
+                ])
+            }
+        }
+        let now = self.now()
+        let restored = state.withLock { state in
+            let actions = state.restored(decisions, now: now, startup: startup)
+            return (actions, state.decisionsRestored)
+        }
+        metrics.decisionsRestored(restored.1)
+        perform(restored.0)
+        return skipped
+    }
+
     /// Expires remembered answers and reports gauges.
     func tick() {
         let now = self.now()
-        let (entries, evictions, buffered, paused) = state.withLock { state in
-            _ = state.tick(now: now)
-            return (state.dedup.count, state.dedup.evictions, state.tracker.unanswered, state.phase == .paused)
+        let (actions, entries, evictions, buffered, paused) = state.withLock { state in
+            let actions = state.tick(now: now)
+            return (actions, state.dedup.count, state.dedup.evictions, state.tracker.unanswered, state.phase == .paused)
         }
+        perform(actions)
         metrics.state(inFlight: limiter.inFlight, buffered: buffered, pausedPartitions: paused ? consumer.assignment.count : 0, dedupEntries: entries, dedupEvictions: evictions)
     }
 
@@ -241,6 +290,8 @@ final class WorkerDriver: Sendable {
             case .fail(let reason):
                 logger.critical("Kafka refused a publication for good; the worker stops (its events stay uncommitted)", metadata: ["reason": "\(reason)"])
                 onFailure(reason)
+            case .recordDecision(let decision, let then):
+                recordDecision(decision, then: then)
             case .rewound(let partition, let offset, let expected):
                 logger.warning("record below its partition's position processed again (offset reset or re-fetch)", metadata: [
                     "topic": "\(partition.topic)", "partition": "\(partition.partition)", "offset": "\(offset)", "expected": "\(expected)",
@@ -263,6 +314,37 @@ final class WorkerDriver: Sendable {
         guard !offsets.isEmpty else { return }
         for (partition, error) in consumer.storeOffsets(offsets) {
             logger.debug("offset not stored", metadata: ["partition": "\(partition)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: - The decision log
+
+    /// Produces a decision record, then performs `then` once Kafka answered, whatever the
+    /// answer: a decision that could not be written costs at most a call later, while holding
+    /// its results back could stall their partitions.
+    private func recordDecision(_ decision: Decision, then: [Action]) {
+        let record = decision.record(topic: configuration.decisionsTopic, now: now())
+        let refused = producer.send(record) { [self] delivery in
+            decisionWritten(decision, delivery.map { _ in () })
+            perform(then)
+        }
+        if let refused {
+            decisionWritten(decision, .failure(refused))
+            perform(then)
+        }
+    }
+
+    private func decisionWritten(_ decision: Decision, _ outcome: Result<Void, KafkaError>) {
+        switch outcome {
+        case .success:
+            metrics.decisionWritten(ok: true)
+        case .failure(let error):
+            metrics.decisionWritten(ok: false)
+            if error.code != .closed {
+                logger.warning("decision not written to the decision log; a restart may call Finch again for this key", metadata: [
+                    "connection_id": "\(decision.key.connectionID)", "topic": "\(configuration.decisionsTopic)", "error": "\(error)",
+                ])
+            }
         }
     }
 
@@ -338,17 +420,26 @@ final class WorkerDriver: Sendable {
         // Attempts that count against the retry policy: application-limit 429s do not.
         var counted = 0
         var last: FinchEnqueueResult?
+        // Set by an application-limit 429: the retries must start before the rate-limit budget ends.
+        var rateLimitDeadline: ContinuousClock.Instant?
         while true {
             do {
-                try await limiter.acquire()
+                try await limiter.acquire(deadline: rateLimitDeadline)
             } catch .blocked(let until) {
                 let answer = JobAnswer.failed(.finchIPBlocked, message: Self.blockedMessage(until: until, calledNow: false), retryAt: until)
                 finish(key, answer, decidedBy: attempts == 0 ? .local : .finch, last: last, attempts: attempts)
+                return
+            } catch .timedOut {
+                finish(key, applicationLimitedTooLong(last), decidedBy: .finch, last: last, attempts: attempts)
                 return
             } catch {
                 return abandon(key)
             }
             attempts += 1
+            // Other replicas that come to own this key wait for this call until its deadline
+            // instead of calling too. Not waited for: losing it costs a call at most.
+            let deadline = self.now().addingTimeInterval((configuration.requestTimeout + .seconds(5)).timeInterval)
+            recordDecision(Decision(key: key, state: .inFlight(until: deadline), replica: replicaID), then: [])
             let result = await finch.enqueue(key.request, token: token)
             last = result
             metrics.finchCall(status: result.status, duration: result.latency)
@@ -356,7 +447,7 @@ final class WorkerDriver: Sendable {
             case .ipRateLimited?:
                 limiter.release(.ipBlocked(retryAfter: result.error?.retryAfter))
                 metrics.rateLimited(.ip)
-                let until = limiter.blockedUntil ?? Date().addingTimeInterval(3_600)
+                let until = limiter.blockedUntil ?? Date().addingTimeInterval((result.error?.retryAfter ?? .seconds(3_600)).timeInterval)
                 logFailure(key, result, attempts: attempts, retryIn: nil)
                 let answer = JobAnswer.failed(.finchIPBlocked, message: Self.blockedMessage(until: until, calledNow: true), retryAt: until)
                 finish(key, answer, decidedBy: .finch, last: result, attempts: attempts)
@@ -364,20 +455,17 @@ final class WorkerDriver: Sendable {
             case .applicationRateLimited?:
                 limiter.release(.applicationLimited(retryAfter: result.error?.retryAfter))
                 metrics.rateLimited(.application)
-                if ContinuousClock.now - started < configuration.retry.rateLimitBudget {
+                let deadline = rateLimitDeadline ?? started + configuration.retry.rateLimitBudget
+                rateLimitDeadline = deadline
+                if ContinuousClock.now < deadline {
                     // No wait here: the limiter holds every call back (Retry-After, or its own
-                    // pause) and lowered the rate; this call queues for its next turn.
+                    // pause) and lowered the rate; this call queues for its next turn, until
+                    // the rate-limit budget ends.
                     logFailure(key, result, attempts: attempts, retryIn: "after the call limiter's slow-down")
                     continue
                 }
                 logFailure(key, result, attempts: attempts, retryIn: nil)
-                let retryAt = Date().addingTimeInterval((result.error?.retryAfter ?? .seconds(60)).timeInterval)
-                let answer = JobAnswer.failed(
-                    .applicationRateLimited,
-                    message: "Finch's application rate limit (finch_application_rl) held for the whole rate-limit retry budget (\(DurationText.format(configuration.retry.rateLimitBudget)))",
-                    retryAt: retryAt
-                )
-                finish(key, answer, decidedBy: .finch, last: result, attempts: attempts)
+                finish(key, applicationLimitedTooLong(result), decidedBy: .finch, last: result, attempts: attempts)
                 return
             default:
                 limiter.release(.answered)
@@ -402,6 +490,14 @@ final class WorkerDriver: Sendable {
             finish(key, JobAnswer(result, attempts: attempts), decidedBy: .finch, last: result, attempts: attempts)
             return
         }
+    }
+
+    private func applicationLimitedTooLong(_ last: FinchEnqueueResult?) -> JobAnswer {
+        .failed(
+            .applicationRateLimited,
+            message: "Finch's application rate limit (finch_application_rl) held for the whole rate-limit retry budget (\(DurationText.format(configuration.retry.rateLimitBudget)))",
+            retryAt: Date().addingTimeInterval((last?.error?.retryAfter ?? .seconds(60)).timeInterval)
+        )
     }
 
     private func finish(_ key: JobKey, _ answer: JobAnswer, decidedBy: DecidedBy, last: FinchEnqueueResult?, attempts: Int) {

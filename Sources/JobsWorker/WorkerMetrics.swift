@@ -22,6 +22,8 @@ public final class WorkerMetrics: Sendable {
         "finch_jobs_offset_resets_total", "finch_jobs_rebalances_total", "finch_jobs_publish_failures_total",
         "finch_jobs_token_reloads_total", "finch_jobs_rewound_records_total", "finch_jobs_finch_rate_limits_total",
         "finch_jobs_finch_blocked_until_seconds", "finch_jobs_call_budget_per_minute",
+        "finch_jobs_decisions_restored", "finch_jobs_decisions_log_lag", "finch_jobs_decision_records_skipped_total",
+        "finch_jobs_decision_writes_total",
     ]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -45,6 +47,10 @@ public final class WorkerMetrics: Sendable {
         _ = counter("finch_jobs_publish_failures_total")
         for kind in RateLimitKind.allCases { _ = counter("finch_jobs_finch_rate_limits_total", [("kind", kind.rawValue)]) }
         blocked(until: nil)
+        for reason in Decision.Invalid.allCases { _ = counter("finch_jobs_decision_records_skipped_total", [("reason", reason.rawValue)]) }
+        for outcome in ["acknowledged", "failed"] { _ = counter("finch_jobs_decision_writes_total", [("outcome", outcome)]) }
+        decisionsRestored(0)
+        decisionLogLag(0)
         callBudget(perMinute: 0)
         _ = counter("finch_jobs_dedup_evictions_total")
         for topic in inputTopics { _ = counter("finch_jobs_rewound_records_total", [("topic", topic), ("partition", "all")]) }
@@ -133,6 +139,24 @@ public final class WorkerMetrics: Sendable {
     /// The calls per minute this replica's share of the group's budget allows.
     func callBudget(perMinute: Double) {
         gauge("finch_jobs_call_budget_per_minute").record(perMinute)
+    }
+
+    // MARK: - The decision log
+
+    func decisionsRestored(_ total: Int) {
+        gauge("finch_jobs_decisions_restored").record(total)
+    }
+
+    func decisionLogLag(_ records: Int64) {
+        gauge("finch_jobs_decisions_log_lag").record(records)
+    }
+
+    func decisionSkipped(_ reason: Decision.Invalid) {
+        counter("finch_jobs_decision_records_skipped_total", [("reason", reason.rawValue)]).increment()
+    }
+
+    func decisionWritten(ok: Bool) {
+        counter("finch_jobs_decision_writes_total", [("outcome", ok ? "acknowledged" : "failed")]).increment()
     }
 
     func tokenReload(outcome: String) {

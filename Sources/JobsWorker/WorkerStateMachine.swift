@@ -1,5 +1,6 @@
 import FinchAPI
 import Foundation
+import HeapModule
 import Kafka
 
 /// An admitted event waiting for its answer.
@@ -32,6 +33,13 @@ struct WorkerStateMachine: Sendable {
         /// The first delay before producing a refused record again; doubles up to `maxRepublishDelay`.
         var republishDelay: Duration = .milliseconds(100)
         var maxRepublishDelay: Duration = .seconds(5)
+        /// Whether decisions go to the decision log (results of a decision wait for its
+        /// record's acknowledgement), and this process's id in the records it writes.
+        var decisionLog: DecisionLogSettings? = nil
+    }
+
+    struct DecisionLogSettings: Sendable {
+        var replicaID: String
     }
 
     /// One record to produce and the events it answers once Kafka acknowledged it.
@@ -76,6 +84,39 @@ struct WorkerStateMachine: Sendable {
         case fail(String)
         /// Records arrived below their partition's position (offset reset or re-fetch).
         case rewound(TopicPartition, offset: Int64, expected: Int64)
+        /// Write a decision to the decision log; once Kafka acknowledged it (or refused it for
+        /// good: a lost decision costs a call at most, never an event), perform `then`.
+        case recordDecision(Decision, then: [Action])
+    }
+
+    /// The decisions this process wrote that are still live: it writes their tombstones.
+    private struct OwnDecisions: Sendable {
+        struct Expiry: Comparable, Sendable {
+            let untilMilliseconds: Int64
+            let key: JobKey
+            static func < (lhs: Self, rhs: Self) -> Bool { lhs.untilMilliseconds < rhs.untilMilliseconds }
+        }
+        var until: [JobKey: Int64] = [:]
+        var expiries = Heap<Expiry>()
+
+        mutating func insert(_ key: JobKey, until date: Date) {
+            until[key] = date.milliseconds
+            expiries.insert(Expiry(untilMilliseconds: date.milliseconds, key: key))
+        }
+
+        /// The keys whose decision expired by `now`, with that expiry.
+        mutating func expire(now: Date) -> [(JobKey, Date)] {
+            var expired: [(JobKey, Date)] = []
+            let now = now.milliseconds
+            while let first = expiries.min, first.untilMilliseconds <= now {
+                _ = expiries.removeMin()
+                if until[first.key] == first.untilMilliseconds {
+                    until[first.key] = nil
+                    expired.append((first.key, Date(milliseconds: first.untilMilliseconds)))
+                }
+            }
+            return expired
+        }
     }
 
     private struct RevokeDrain: Sendable {
@@ -92,6 +133,9 @@ struct WorkerStateMachine: Sendable {
     private var fetchingVersion: UInt64 = 0
     /// The reason the worker failed, once it did.
     private(set) var failure: String?
+    private var own = OwnDecisions()
+    /// Decisions read from the log and applied, since the start.
+    private(set) var decisionsRestored = 0
 
     init(configuration: Configuration) {
         self.configuration = configuration
@@ -199,12 +243,76 @@ struct WorkerStateMachine: Sendable {
     /// event still assigned gets the answer as Finch gave it.
     mutating func callFinished(_ key: JobKey, answer: JobAnswer, decidedBy: DecidedBy = .finch, finch: FinchEnqueueResult?, attempts: Int, now: Date) -> [Action] {
         let waiters = dedup.complete(key, with: answer, now: now).filter { tracker.isCurrent($0.position) }
-        guard let first = waiters.first else { return [] }
-        if decidedBy == .local {
-            return results(key, events: waiters, answer: answer, decidedBy: .local, finch: nil, attempts: 0, now: now)
+        var announcing: [Action] = []
+        if let first = waiters.first {
+            if decidedBy == .local {
+                announcing = results(key, events: waiters, answer: answer, decidedBy: .local, finch: nil, attempts: 0, now: now)
+            } else {
+                announcing = results(key, events: [first], answer: answer, decidedBy: decidedBy, finch: finch, attempts: attempts, now: now)
+                    + results(key, events: Array(waiters.dropFirst()), answer: answer.forJoiners, decidedBy: .inFlight, finch: nil, attempts: 0, now: now)
+            }
         }
-        return results(key, events: [first], answer: answer, decidedBy: decidedBy, finch: finch, attempts: attempts, now: now)
-            + results(key, events: Array(waiters.dropFirst()), answer: answer.forJoiners, decidedBy: .inFlight, finch: nil, attempts: 0, now: now)
+        // No call was made (no token, an IP block): no record to write or clear.
+        guard let log = configuration.decisionLog, attempts > 0 else { return announcing }
+        let state: Decision.State
+        switch answer {
+        case .created(let job), .reused(let job):
+            let until = now.addingTimeInterval(configuration.reuseWindow.timeInterval)
+            own.insert(key, until: until)
+            state = .job(job, until: until)
+        case .rateLimited(let retryAt, let lastJob) where retryAt > now:
+            own.insert(key, until: retryAt)
+            state = .rateLimited(retryAt: retryAt, lastJob: lastJob)
+        case .rateLimited, .failed:
+            // Nothing to remember: clear the call's in-flight record; the results need not wait.
+            return [.recordDecision(Decision(key: key, state: .cleared(until: nil), replica: log.replicaID), then: [])] + announcing
+        }
+        // The decision is acknowledged before the results that announce it, so before the
+        // offsets of its events are stored.
+        return [.recordDecision(Decision(key: key, state: state, replica: log.replicaID), then: announcing)]
+    }
+
+    /// Decisions read from the log (other replicas' and earlier processes'). During the
+    /// startup read (`startup`), decisions already expired are cleared from the log.
+    mutating func restored(_ decisions: [Decision], now: Date, startup: Bool) -> [Action] {
+        guard let log = configuration.decisionLog else { return [] }
+        var actions: [Action] = []
+        for decision in decisions where decision.replica != log.replicaID {
+            decisionsRestored += 1
+            let key = decision.key
+            switch decision.state {
+            case .inFlight(let until):
+                own.until[key] = nil
+                if until > now {
+                    dedup.restoreCallElsewhere(key, until: until, now: now)
+                } else if startup {
+                    actions.append(.recordDecision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID), then: []))
+                }
+            case .job(let job, let until):
+                own.until[key] = nil
+                actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: .reused(job), until: until, now: now), answer: .reused(job), now: now)
+                if until <= now, startup {
+                    actions.append(.recordDecision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID), then: []))
+                }
+            case .rateLimited(let retryAt, let lastJob):
+                own.until[key] = nil
+                let answer = JobAnswer.rateLimited(retryAt: retryAt, lastJob: lastJob)
+                actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: answer, until: retryAt, now: now), answer: answer, now: now)
+                if retryAt <= now, startup {
+                    actions.append(.recordDecision(Decision(key: key, state: .cleared(until: retryAt), replica: log.replicaID), then: []))
+                }
+            case .cleared(let expired):
+                if dedup.restoreCleared(key, expired: expired) { actions.append(.call(key)) }
+            }
+        }
+        return actions
+    }
+
+    /// Events that waited for another replica's call, answered by its decision.
+    private mutating func answerWaitingElsewhere(_ key: JobKey, _ waiters: [PendingEvent], answer: JobAnswer, now: Date) -> [Action] {
+        let current = waiters.filter { tracker.isCurrent($0.position) }
+        guard !current.isEmpty else { return [] }
+        return results(key, events: current, answer: answer.forJoiners, decidedBy: .inFlight, finch: nil, attempts: 0, now: now)
     }
 
     /// A call given up without an answer (shutdown): its events stay unanswered and
@@ -310,10 +418,17 @@ struct WorkerStateMachine: Sendable {
 
     // MARK: - Housekeeping and flow control
 
-    /// Expires remembered answers.
+    /// Expires remembered answers, clears this process's expired decisions from the log,
+    /// and calls for the keys whose wait for another replica's call passed its deadline.
     mutating func tick(now: Date) -> [Action] {
         dedup.expire(now: now)
-        return []
+        var actions = dedup.expireCallsElsewhere(now: now).map { Action.call($0) }
+        if let log = configuration.decisionLog {
+            for (key, expired) in own.expire(now: now) {
+                actions.append(.recordDecision(Decision(key: key, state: .cleared(until: expired), replica: log.replicaID), then: []))
+            }
+        }
+        return actions
     }
 
     private mutating func stopFetching() -> [Action] {

@@ -61,6 +61,9 @@ public struct KafkaConsumerConfiguration: Sendable {
     public var rebalanceTimeout: Duration
     /// How often stored offsets are committed.
     public var autoCommitInterval: Duration
+    /// `group.instance.id` (static membership, KIP-345): a member restarted within the
+    /// session timeout gets its partitions back without a rebalance. Unique per member.
+    public var groupInstanceID: String?
 
     public init(
         client: KafkaClientConfiguration,
@@ -85,7 +88,7 @@ public struct KafkaConsumerConfiguration: Sendable {
     /// librdkafka properties this binding owns: letting a user override them would break
     /// at-least-once delivery (offsets are stored only after results are acknowledged).
     static let managedProperties: Set<String> = [
-        "group.id", "enable.auto.offset.store", "enable.auto.commit", "enable.partition.eof",
+        "group.id", "enable.auto.offset.store", "enable.auto.commit", "enable.partition.eof", "group.instance.id",
     ]
 
     /// Whether a librdkafka property is set by this binding and may not be overridden.
@@ -102,6 +105,7 @@ public struct KafkaConsumerConfiguration: Sendable {
             ("auto.offset.reset", autoOffsetReset.rawValue),
             ("auto.commit.interval.ms", String(autoCommitInterval.milliseconds)),
         ]
+        if let groupInstanceID { pairs.append(("group.instance.id", groupInstanceID)) }
         pairs += try client.userProperties(excluding: Self.managedProperties)
         return pairs
     }

@@ -56,6 +56,12 @@ public struct KafkaError: Error, Sendable, CustomStringConvertible, Equatable {
         self.isRetriable = isRetriable
     }
 
+    /// Another member joined the group with this member's `group.instance.id`: this one is
+    /// fenced for good.
+    public var isFencedInstance: Bool {
+        rdKafkaCode == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID.rawValue
+    }
+
     /// librdkafka's name for ``rdKafkaCode`` (for example `MSG_SIZE_TOO_LARGE`).
     public var rdKafkaName: String? {
         rdKafkaCode.map { String(cString: rd_kafka_err2name(rd_kafka_resp_err_t($0))) }

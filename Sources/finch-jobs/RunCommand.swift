@@ -73,6 +73,12 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "Topic invalid records go to, unchanged, with the reason in headers. (env FINCH_JOBS_DEAD_LETTER_TOPIC)")
     var deadLetterTopic: String = "finch.dead-letter"
 
+    @Option(help: "The compacted decision log every replica reads at startup and follows, so restarts and rebalances make no repeated call. (env FINCH_JOBS_DECISIONS_TOPIC)")
+    var decisionsTopic: String = "finch.decisions"
+
+    @Option(help: "Kafka static membership (group.instance.id): a replica restarted within the session timeout keeps its partitions without a rebalance. Unique per replica, e.g. the pod name; unset by default. (env FINCH_JOBS_INSTANCE_ID)")
+    var instanceID: String?
+
     @Option(help: "Finch API base URL; a path prefix is kept. (env FINCH_JOBS_FINCH_BASE_URL)")
     var finchBaseURL: String = "https://api.tryfinch.com"
 
@@ -136,6 +142,8 @@ struct WorkerOptions: ParsableArguments {
         configuration.inputTopics = inputTopics.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         configuration.resultsTopic = resultsTopic
         configuration.deadLetterTopic = deadLetterTopic
+        configuration.decisionsTopic = decisionsTopic
+        configuration.instanceID = instanceID
         configuration.finchBaseURL = finchBaseURL
         configuration.maxInFlight = maxInFlight
         configuration.maxRequestsPerSecond = maxRequestsPerSecond

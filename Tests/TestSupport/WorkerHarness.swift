@@ -13,6 +13,7 @@ public final class EmbeddedKafka: Sendable {
         public let w4: String
         public let results: String
         public let deadLetter: String
+        public let decisions: String
     }
 
     public struct Collected: Sendable {
@@ -33,9 +34,9 @@ public final class EmbeddedKafka: Sendable {
     public init(partitions: Int = 4, brokers: Int = 1) throws {
         cluster = try KafkaMockCluster(brokers: brokers, logger: quietLogger("mock"))
         let suffix = UInt32.random(in: 0...UInt32.max)
-        topics = Topics(refresh: "refresh-\(suffix)", w4: "w4-\(suffix)", results: "results-\(suffix)", deadLetter: "dead-\(suffix)")
+        topics = Topics(refresh: "refresh-\(suffix)", w4: "w4-\(suffix)", results: "results-\(suffix)", deadLetter: "dead-\(suffix)", decisions: "decisions-\(suffix)")
         self.partitions = partitions
-        for topic in [topics.refresh, topics.w4, topics.results, topics.deadLetter] {
+        for topic in [topics.refresh, topics.w4, topics.results, topics.deadLetter, topics.decisions] {
             try cluster.createTopic(topic, partitions: partitions, replicationFactor: brokers)
         }
         let client = KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers)
@@ -183,6 +184,7 @@ extension EmbeddedKafka {
         configuration.inputTopics = [topics.refresh, topics.w4]
         configuration.resultsTopic = topics.results
         configuration.deadLetterTopic = topics.deadLetter
+        configuration.decisionsTopic = topics.decisions
         configuration.finchBaseURL = finchBaseURL
         configuration.kafkaProperties = mockGroupProperties
         configuration.tokensReloadInterval = .milliseconds(100)
