@@ -1,0 +1,214 @@
+import FinchAPI
+import Foundation
+@testable import JobsWorker
+import Kafka
+import Testing
+
+/// The decision log's records and how the state machine writes and restores them, without
+/// Kafka or Finch.
+@Suite("Decision log")
+struct DecisionLogTests {
+    typealias Action = WorkerStateMachine.Action
+    let p0 = TopicPartition(topic: "in", partition: 0)
+    let job = FinchJobReference(jobID: "j-1", jobURL: "https://finch/jobs/automated/j-1")
+    let t0 = Date(timeIntervalSince1970: 1_800_000_000)
+    let refreshKey = JobKey(connectionID: "c-1", individualID: nil)
+    let w4Key = JobKey(connectionID: "c/1%", individualID: "i-9")
+
+    func machine(replica: String = "me", reuse: Duration = .seconds(60)) -> WorkerStateMachine {
+        var m = WorkerStateMachine(configuration: .init(maxBufferedEvents: 1_000, reuseWindow: reuse, dedupCapacity: 1_000, decisionLog: .init(replicaID: replica)))
+        _ = m.assigned([p0])
+        return m
+    }
+
+    func refresh(_ id: String, offset: Int64) -> (record: KafkaRecord, decoded: Result<JobEvent, DeadLetterReason>) {
+        (KafkaRecord(topic: p0.topic, partition: p0.partition, offset: offset, key: nil, value: []),
+         .success(JobEvent(kind: .refreshRequested, eventID: id, connectionID: "c-1")))
+    }
+
+    func decisions(_ actions: [Action]) -> [(Decision, [Action])] {
+        actions.compactMap { if case .recordDecision(let decision, let then) = $0 { (decision, then) } else { nil } }
+    }
+
+    func results(_ actions: [Action]) -> [JobResult] {
+        actions.compactMap { action -> JobResult? in
+            if case .publish(let publication) = action, case .result(let result) = publication.content { return result }
+            return nil
+        }
+    }
+
+    func calls(_ actions: [Action]) -> [JobKey] {
+        actions.compactMap { if case .call(let key) = $0 { key } else { nil } }
+    }
+
+    func roundTrip(_ decision: Decision) -> Decision? {
+        let record = decision.record(topic: "d", now: t0)
+        let consumed = KafkaRecord(topic: "d", partition: 0, offset: 0, key: record.key, value: record.value, headers: record.headers)
+        return try? Decision.read(consumed).get()
+    }
+
+    // MARK: - Records
+
+    @Test("Every kind of decision survives its record; keys are job keys, ids with / and % escaped")
+    func records() {
+        let all = [
+            Decision(key: refreshKey, state: .inFlight(until: t0), replica: "r"),
+            Decision(key: w4Key, state: .job(job, until: t0), replica: "r"),
+            Decision(key: refreshKey, state: .rateLimited(retryAt: t0, lastJob: job), replica: "r"),
+            Decision(key: refreshKey, state: .rateLimited(retryAt: t0, lastJob: nil), replica: "r"),
+            Decision(key: w4Key, state: .cleared(until: t0), replica: "r"),
+            Decision(key: refreshKey, state: .cleared(until: nil), replica: nil),
+        ]
+        for decision in all { #expect(roundTrip(decision) == decision) }
+        #expect(Decision.kafkaKey(refreshKey) == "data_sync_all/c-1")
+        #expect(Decision.kafkaKey(w4Key) == "w4/c%2F1%25/i-9")
+        #expect(Decision(key: w4Key, state: .cleared(until: nil), replica: nil).record(topic: "d", now: t0).value == nil, "a tombstone")
+    }
+
+    @Test("Unreadable records are refused with a reason: key, JSON, version, fields, a key that does not match its value")
+    func invalid() {
+        func read(key: String?, value: String?) -> Decision.Invalid? {
+            let record = KafkaRecord(topic: "d", partition: 0, offset: 0, key: key.map { Array($0.utf8) }, value: value.map { Array($0.utf8) })
+            if case .failure(let reason) = Decision.read(record) { return reason }
+            return nil
+        }
+        let good = #"{"version":1,"state":"job","connection_id":"c-1","until":"2027-01-01T00:00:00Z","job_id":"j"}"#
+        #expect(read(key: "data_sync_all/c-1", value: good) == nil)
+        #expect(read(key: nil, value: good) == .invalidKey)
+        #expect(read(key: "w4/c-1", value: good) == .invalidKey)
+        #expect(read(key: "refresh/c-1", value: good) == .invalidKey)
+        #expect(read(key: "data_sync_all/c-1", value: "{not json") == .invalidJSON)
+        #expect(read(key: "data_sync_all/c-1", value: good.replacingOccurrences(of: #""version":1"#, with: #""version":2"#)) == .unknownVersion)
+        #expect(read(key: "data_sync_all/c-2", value: good) == .keyMismatch)
+        #expect(read(key: "data_sync_all/c-1", value: good.replacingOccurrences(of: "2027-01-01T00:00:00Z", with: "soon")) == .invalidField)
+        #expect(read(key: "data_sync_all/c-1", value: good.replacingOccurrences(of: #""state":"job""#, with: #""state":"maybe""#)) == .invalidField)
+        #expect(read(key: "data_sync_all/c-1", value: good.replacingOccurrences(of: #","job_id":"j""#, with: "")) == .invalidField, "a job without its id")
+    }
+
+    // MARK: - Writing
+
+    @Test("A created job is recorded before its results: they are the record's follow-up, with the reuse window's end")
+    func decisionBeforeResults() {
+        var m = machine()
+        _ = m.admit([refresh("e-1", offset: 0), refresh("e-2", offset: 1)], now: t0)
+        let actions = m.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0)
+        #expect(results(actions).isEmpty, "nothing announced before the decision is acknowledged")
+        let recorded = decisions(actions)
+        #expect(recorded.count == 1)
+        #expect(recorded[0].0 == Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(60)), replica: "me"))
+        #expect(results(recorded[0].1).map(\.type) == ["job.created", "job.reused"])
+    }
+
+    @Test("A quota 429 is recorded until retry_at; a failure clears the in-flight record without holding its results back")
+    func rateLimitedAndFailed() {
+        var m = machine()
+        _ = m.admit([refresh("e-1", offset: 0)], now: t0)
+        let retryAt = t0.addingTimeInterval(3_600)
+        let limited = m.callFinished(refreshKey, answer: .rateLimited(retryAt: retryAt, lastJob: nil), finch: nil, attempts: 1, now: t0)
+        #expect(decisions(limited).map(\.0.state) == [.rateLimited(retryAt: retryAt, lastJob: nil)])
+
+        var n = machine()
+        _ = n.admit([refresh("e-1", offset: 0)], now: t0)
+        let failed = n.callFinished(refreshKey, answer: .failed(.forbidden, message: "no"), finch: nil, attempts: 1, now: t0)
+        #expect(decisions(failed).map(\.0.state) == [.cleared(until: nil)])
+        #expect(decisions(failed)[0].1.isEmpty)
+        #expect(results(failed).map(\.type) == ["job.failed"], "published at once")
+    }
+
+    @Test("No call made (no token, an IP block before the call): nothing is written")
+    func nothingWrittenWithoutACall() {
+        var m = machine()
+        _ = m.admit([refresh("e-1", offset: 0)], now: t0)
+        let actions = m.callFinished(refreshKey, answer: .failed(.noAccessToken, message: "none"), decidedBy: .local, finch: nil, attempts: 0, now: t0)
+        #expect(decisions(actions).isEmpty)
+        #expect(results(actions).count == 1)
+    }
+
+    @Test("This process's decisions get a tombstone carrying their expiry when they expire; a newer decision by another replica takes that over")
+    func tombstones() {
+        var m = machine(reuse: .seconds(10))
+        _ = m.admit([refresh("e-1", offset: 0)], now: t0)
+        _ = m.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0)
+        #expect(decisions(m.tick(now: t0.addingTimeInterval(9))).isEmpty)
+        let expired = decisions(m.tick(now: t0.addingTimeInterval(10)))
+        #expect(expired.map(\.0.state) == [.cleared(until: t0.addingTimeInterval(10))])
+        #expect(decisions(m.tick(now: t0.addingTimeInterval(11))).isEmpty, "once")
+
+        var n = machine(reuse: .seconds(10))
+        _ = n.admit([refresh("e-1", offset: 0)], now: t0)
+        _ = n.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0)
+        _ = n.restored([Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(30)), replica: "other")], now: t0.addingTimeInterval(5), startup: false)
+        #expect(decisions(n.tick(now: t0.addingTimeInterval(10))).isEmpty, "the other replica clears its own decision")
+    }
+
+    // MARK: - Restoring
+
+    @Test("Restored decisions answer from memory: a job as reused, a quota 429 as rate limited, no call")
+    func restoredAnswers() {
+        var m = machine()
+        let retryAt = t0.addingTimeInterval(600)
+        _ = m.restored([
+            Decision(key: refreshKey, state: .rateLimited(retryAt: retryAt, lastJob: job), replica: "old"),
+            Decision(key: w4Key, state: .job(job, until: t0.addingTimeInterval(60)), replica: "old"),
+        ], now: t0, startup: true)
+        #expect(m.decisionsRestored == 2)
+        let actions = m.admit([refresh("e-1", offset: 0)], now: t0)
+        #expect(calls(actions).isEmpty)
+        #expect(results(actions).map(\.type) == ["job.rate_limited"])
+        #expect(results(actions).first?.decidedBy == "rate_limit_memory")
+        #expect(results(actions).first?.retryAt == FinchDate.format(retryAt))
+    }
+
+    @Test("This replica's own records coming back are ignored; expired records found at startup are cleared, later ones only skipped")
+    func ownAndExpired() {
+        var m = machine()
+        let own = m.restored([Decision(key: refreshKey, state: .inFlight(until: t0.addingTimeInterval(30)), replica: "me")], now: t0, startup: false)
+        #expect(own.isEmpty && m.decisionsRestored == 0)
+        #expect(calls(m.admit([refresh("e-1", offset: 0)], now: t0)) == [refreshKey], "not waiting for itself")
+
+        var n = machine()
+        let stale = Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(-1)), replica: "old")
+        #expect(decisions(n.restored([stale], now: t0, startup: true)).map(\.0.state) == [.cleared(until: t0.addingTimeInterval(-1))])
+        #expect(decisions(n.restored([stale], now: t0, startup: false)).isEmpty)
+    }
+
+    @Test("A call in flight elsewhere: events wait for that replica's decision and are answered by it, with no call")
+    func waitsForElsewhere() {
+        var m = machine()
+        _ = m.restored([Decision(key: refreshKey, state: .inFlight(until: t0.addingTimeInterval(30)), replica: "other")], now: t0, startup: false)
+        let admitted = m.admit([refresh("e-1", offset: 0), refresh("e-2", offset: 1)], now: t0)
+        #expect(calls(admitted).isEmpty && results(admitted).isEmpty)
+        let decided = m.restored([Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(60)), replica: "other")], now: t0.addingTimeInterval(1), startup: false)
+        #expect(results(decided).map(\.type) == ["job.reused"])
+        #expect(results(decided).map(\.eventIDs) == [["e-1", "e-2"]])
+        #expect(results(decided).allSatisfy { $0.decidedBy == "in_flight" && $0.attempts == 0 })
+    }
+
+    @Test("A call elsewhere that ends without a decision, or passes its deadline, hands its waiting events to a call of our own")
+    func elsewhereGivesUp() {
+        var m = machine()
+        _ = m.restored([Decision(key: refreshKey, state: .inFlight(until: t0.addingTimeInterval(30)), replica: "other")], now: t0, startup: false)
+        _ = m.admit([refresh("e-1", offset: 0)], now: t0)
+        #expect(calls(m.restored([Decision(key: refreshKey, state: .cleared(until: nil), replica: "other")], now: t0, startup: false)) == [refreshKey])
+
+        var n = machine()
+        _ = n.restored([Decision(key: refreshKey, state: .inFlight(until: t0.addingTimeInterval(30)), replica: "other")], now: t0, startup: false)
+        _ = n.admit([refresh("e-1", offset: 0)], now: t0)
+        #expect(calls(n.tick(now: t0.addingTimeInterval(29))).isEmpty)
+        #expect(calls(n.tick(now: t0.addingTimeInterval(30))) == [refreshKey])
+        let answered = n.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0.addingTimeInterval(31))
+        #expect(decisions(answered).first.map { results($0.1).map(\.type) } == ["job.created"])
+    }
+
+    @Test("A tombstone with an expiry clears only the decision it expired, never a newer one; an in-flight record never overrides memory")
+    func tombstoneVersions() {
+        var m = machine()
+        _ = m.restored([Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(120)), replica: "b")], now: t0, startup: false)
+        _ = m.restored([Decision(key: refreshKey, state: .cleared(until: t0.addingTimeInterval(60)), replica: "a")], now: t0, startup: false)
+        _ = m.restored([Decision(key: refreshKey, state: .inFlight(until: t0.addingTimeInterval(30)), replica: "c")], now: t0, startup: false)
+        let admitted = m.admit([refresh("e-1", offset: 0)], now: t0)
+        #expect(results(admitted).map(\.decidedBy) == ["reuse_window"])
+        _ = m.restored([Decision(key: refreshKey, state: .cleared(until: t0.addingTimeInterval(120)), replica: "b")], now: t0, startup: false)
+        #expect(calls(m.admit([refresh("e-2", offset: 1)], now: t0)) == [refreshKey])
+    }
+}
