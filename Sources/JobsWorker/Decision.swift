@@ -70,6 +70,11 @@ struct Decision: Sendable, Hashable {
 
     // MARK: - Writing
 
+    /// Any JSON object with a version: what must hold before the rest is read.
+    private struct Versioned: Decodable {
+        var version: Int
+    }
+
     private struct Value: Codable {
         var version: Int
         var state: String
@@ -123,8 +128,10 @@ struct Decision: Sendable, Hashable {
             let replica = record.headers.last { $0.key == replicaHeader }.flatMap(\.stringValue)
             return .success(Decision(key: key, state: .cleared(until: until), replica: replica))
         }
-        guard let value = try? JSONDecoder().decode(Value.self, from: Data(bytes)) else { return .failure(.invalidJSON) }
-        guard value.version == version else { return .failure(.unknownVersion) }
+        let data = Data(bytes)
+        guard let versioned = try? JSONDecoder().decode(Versioned.self, from: data) else { return .failure(.invalidJSON) }
+        guard versioned.version == version else { return .failure(.unknownVersion) }
+        guard let value = try? JSONDecoder().decode(Value.self, from: data) else { return .failure(.invalidField) }
         guard value.connectionID == key.connectionID, value.individualID == key.individualID else { return .failure(.keyMismatch) }
         guard let until = FinchDate.parse(value.until) else { return .failure(.invalidField) }
         let job = value.jobID.map { FinchJobReference(jobID: $0, jobURL: value.jobURL) }

@@ -90,6 +90,20 @@ public final class EmbeddedKafka: Sendable {
         }
     }
 
+    /// Produces many records at once (no report per record): for filling a topic fast.
+    public func produce(records: [KafkaProducerRecord]) async throws {
+        let failed = Locked(0)
+        for record in records {
+            while let refused = producer.send(record, onDelivery: { if case .failure = $0 { failed.withLock { $0 += 1 } } }) {
+                guard refused.code == .queueFull else { throw refused }
+                try await Task.sleep(for: .milliseconds(5))  // back off while the queue drains
+            }
+        }
+        guard producer.flush(timeout: .seconds(120)), failed.value == 0 else {
+            throw Timeout(what: "\(records.count) records acknowledged (\(failed.value) failed)")
+        }
+    }
+
     /// Waits until the reader has read everything on the results and dead-letter topics so
     /// far: a marker record goes to every partition and must come back.
     public func catchUp(timeout: Duration = .seconds(30)) async throws {
