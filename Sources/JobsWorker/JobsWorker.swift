@@ -187,6 +187,7 @@ public final class JobsWorker: Service, Sendable {
                     }
                 }
                 // The consumer has closed (shutdown or a fatal error): stop what is left.
+                driver.consumerClosed()
                 group.cancelAll()
             }
         } onGracefulShutdown: {

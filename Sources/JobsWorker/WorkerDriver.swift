@@ -198,6 +198,11 @@ final class WorkerDriver: Sendable {
         return skipped
     }
 
+    /// The consumer closed: not ready from now on.
+    func consumerClosed() {
+        state.withLock { $0.consumerClosed() }
+    }
+
     /// Expires remembered answers and reports gauges.
     func tick() {
         let now = self.now()

@@ -399,6 +399,12 @@ struct WorkerStateMachine: Sendable {
         return actions + finishShutdownIfDrained()
     }
 
+    /// The consumer closed (a fatal Kafka error, or the end of a stop): nothing more is
+    /// consumed, so the worker is not ready any more.
+    mutating func consumerClosed() {
+        if phase != .failed { phase = .stopped }
+    }
+
     mutating func shutdownDeadlinePassed() -> [Action] {
         guard shutdownPending else { return [] }
         return finishShutdown()

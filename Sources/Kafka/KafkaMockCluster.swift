@@ -36,6 +36,7 @@ public final class KafkaMockCluster: @unchecked Sendable {
         public static let unknownMemberID = BrokerError(raw: RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID)
         public static let illegalGeneration = BrokerError(raw: RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION)
         public static let networkException = BrokerError(raw: RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION)
+        public static let fencedInstanceID = BrokerError(raw: RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID)
         public var description: String { String(cString: rd_kafka_err2name(raw)) }
     }
 

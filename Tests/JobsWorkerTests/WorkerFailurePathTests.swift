@@ -96,5 +96,25 @@ struct WorkerFailurePathTests {
             await kafka.close()
         }
     }
-}
 
+    @Test("Static membership: a replica fenced by another with its --instance-id (FENCED_INSTANCE_ID) stops with a sentence naming the id")
+    func fencedInstance() async throws {
+        let tokensFile = try writeTokensFile(tokens)
+        let kafka = try EmbeddedKafka(partitions: 1)
+        var configuration = kafka.workerConfiguration(finchBaseURL: "http://127.0.0.1:9", tokensFile: tokensFile)
+        configuration.instanceID = "finch-jobs-0"
+        let worker = try kafka.startWorker(configuration)
+        try await waitUntil("ready") { worker.worker.isReady }
+        // What the coordinator answers a member whose instance id a newer member took over.
+        kafka.cluster.pushRequestErrors(.heartbeat, Array(repeating: .fencedInstanceID, count: 5))
+        do {
+            try await worker.exit()
+            Issue.record("a fenced worker kept running")
+        } catch let failure as WorkerFailure {
+            #expect(failure.description.contains("--instance-id finch-jobs-0"), "\(failure)")
+        }
+        #expect(!worker.worker.isReady)
+        kafka.cluster.clearRequestErrors(.heartbeat)
+        await kafka.close()
+    }
+}
