@@ -8,7 +8,7 @@ import Testing
 /// and sandbox: graceful stops, kill -9, restarts.
 @Suite("Worker replicas as processes", .timeLimit(.minutes(5)))
 struct WorkerProcessTests {
-    func startReplica(_ kafka: EmbeddedKafka, url: String, tokensFile: String, group: String) throws -> ChildProcess {
+    func startReplica(_ kafka: EmbeddedKafka, url: String, tokensFile: String, group: String, extra: [String] = []) throws -> ChildProcess {
         try ChildProcess(try finchJobsBinary(), [
             "run", "--bootstrap-servers", kafka.cluster.bootstrapServers, "--group", group,
             "--input-topics", "\(kafka.topics.refresh),\(kafka.topics.w4)",
@@ -17,7 +17,7 @@ struct WorkerProcessTests {
             "--cluster-max-calls-per-minute", "600000",
             "--shutdown-timeout", "20s", "--log-level", "warning",
             "--kafka-config", "session.timeout.ms=10000", "--kafka-config", "heartbeat.interval.ms=500", "--kafka-config", "fetch.wait.max.ms=10",
-        ])
+        ] + extra)
     }
 
     @Test("Two replicas; one stopped gracefully mid-run, the other killed with SIGKILL and restarted: committed offsets never pass an unanswered event, and every event gets a result")
@@ -129,6 +129,41 @@ struct WorkerProcessTests {
                 let mark = committed[partition] ?? -1
                 #expect(mark == (offsets.keys.max() ?? -1) + 1, "\(partition) committed to its end after the rolling stop")
             }
+            await kafka.close()
+        }
+    }
+
+    @Test("A W-4 key is never enqueued twice within the reuse window across a kill -9: the restarted replica answers from the decision log")
+    func w4AcrossKill() async throws {
+        let tokens = makeTokens(10)
+        let tokensFile = try writeTokensFile(tokens)
+        try await withSandbox(settings: SandboxSettings(jobDuration: .seconds(600)), tokens: tokens) { sandbox, url in
+            let kafka = try EmbeddedKafka(partitions: 2)
+            let group = "w4-\(kafka.topics.refresh)"
+            func wave(_ name: String) -> [(key: String?, value: [UInt8]?, topic: String)] {
+                (0..<60).map { n in
+                    let connection = "c-\(n % 10)"
+                    return (key: connection, value: TestEvents.w4("\(name)-\(n)", connection: connection, individual: "i-\(n)"), topic: kafka.topics.w4)
+                }
+            }
+            var replica = try startReplica(kafka, url: url, tokensFile: tokensFile, group: group, extra: ["--reuse-window", "10m"])
+            try await kafka.produce(wave("before"))
+            try await kafka.waitForAnswers(Set((0..<60).map { "before-\($0)" }), timeout: .seconds(120))
+            #expect(sandbox.stats.calls(status: "201") == 60)
+            replica.signal(SIGKILL)
+            _ = try await replica.waitForExit(timeout: .seconds(10))
+
+            let restarted = ContinuousClock.now
+            replica = try startReplica(kafka, url: url, tokensFile: tokensFile, group: group, extra: ["--reuse-window", "10m"])
+            try await kafka.produce(wave("after"))
+            try await kafka.waitForAnswers(Set((0..<60).map { "after-\($0)" }), timeout: .seconds(120))
+            print("restarted replica answered its first wave \(ContinuousClock.now - restarted) after start (the mock cluster waits out the killed member's 10 s session)")
+            #expect(sandbox.stats.calls(status: "201") == 60, "no W-4 job enqueued twice")
+            #expect(sandbox.stats.enqueueCalls == 60)
+            let after = kafka.snapshot.results.filter { $0.eventIDs.contains { $0.hasPrefix("after-") } }
+            #expect(after.allSatisfy { $0.type == "job.reused" && $0.decidedBy == "reuse_window" })
+            replica.signal(SIGTERM)
+            #expect(try await replica.waitForExit(timeout: .seconds(60)) == 0)
             await kafka.close()
         }
     }
