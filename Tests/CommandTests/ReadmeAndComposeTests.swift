@@ -63,9 +63,11 @@ struct ReadmeAndComposeTests {
         #expect("\(kafkaEnvironment["KAFKA_PROCESS_ROLES"] ?? "")" == "broker,controller", "KRaft mode")
         let topics = try #require(services["topics"] as? [String: Any])
         let script = "\(topics["command"] ?? "")"
-        for topic in ["finch.refresh-requested", "finch.w4-changed", "finch.job-results", "finch.dead-letter"] {
+        for topic in ["finch.refresh-requested", "finch.w4-changed", "finch.job-results", "finch.dead-letter", "finch.decisions"] {
             #expect(script.contains(topic), "\(topic) created")
         }
+        #expect(script.contains("create finch.decisions 6 --config cleanup.policy=compact"), "the decision log is compacted")
+        var instanceIDs: Set<String> = []
         for name in ["worker-1", "worker-2"] {
             let worker = try #require(services[name] as? [String: Any])
             #expect(worker["command"] as? [String] == ["run"])
@@ -74,7 +76,9 @@ struct ReadmeAndComposeTests {
             let environment = try #require(worker["environment"] as? [String: Any])
             #expect(environment["FINCH_JOBS_HTTP_HOST"] as? String == "0.0.0.0", "reachable from outside the container")
             #expect(environment["FINCH_JOBS_BOOTSTRAP_SERVERS"] as? String == "kafka:9092")
+            instanceIDs.insert(try #require(environment["FINCH_JOBS_INSTANCE_ID"] as? String))
         }
+        #expect(instanceIDs.count == 2, "each replica its own static membership id")
         let build = try #require((services["sandbox"] as? [String: Any])?["build"] as? [String: Any])
         let dockerfile = try #require(build["dockerfile_inline"] as? String)
         #expect(dockerfile.contains("librdkafka-dev") && dockerfile.contains("librdkafka1") && dockerfile.contains("USER finch"))

@@ -2,6 +2,7 @@ import FinchAPI
 import Foundation
 @testable import JobsWorker
 import Kafka
+import TestSupport
 import Testing
 
 /// The decision log's records and how the state machine writes and restores them, without
@@ -210,5 +211,23 @@ struct DecisionLogTests {
         #expect(results(admitted).map(\.decidedBy) == ["reuse_window"])
         _ = m.restored([Decision(key: refreshKey, state: .cleared(until: t0.addingTimeInterval(120)), replica: "b")], now: t0, startup: false)
         #expect(calls(m.admit([refresh("e-2", offset: 1)], now: t0)) == [refreshKey])
+    }
+
+    @Test("Records the worker writes validate against schemas/decision.v1.json; the example validates and reads")
+    func schema() throws {
+        let validator = try SchemaValidator(schema: "decision.v1.json")
+        for decision in [
+            Decision(key: refreshKey, state: .inFlight(until: t0), replica: "r"),
+            Decision(key: w4Key, state: .job(job, until: t0), replica: "r"),
+            Decision(key: refreshKey, state: .rateLimited(retryAt: t0, lastJob: nil), replica: "r"),
+        ] {
+            let value = try #require(decision.record(topic: "d", now: t0).value)
+            #expect(validator.validate(Data(value)) == [], "\(decision.state)")
+        }
+        let example = try Data(contentsOf: SchemaValidator.schemasDirectory.appendingPathComponent("examples/decision.job.json"))
+        #expect(validator.validate(example) == [])
+        let record = KafkaRecord(topic: "d", partition: 0, offset: 0, key: Array("w4/c-1/i-9".utf8), value: Array(example))
+        #expect((try? Decision.read(record).get())?.key == JobKey(connectionID: "c-1", individualID: "i-9"))
+        #expect(!validator.validate(Data(#"{"version":1,"state":"job","connection_id":"c-1","until":"2026-11-29T10:00:00Z"}"#.utf8)).isEmpty, "a job needs its id")
     }
 }

@@ -39,4 +39,27 @@ struct WorkerConfigurationTests {
         let unknownError = #expect(throws: WorkerConfigurationError.self) { try unknown.validate() }
         #expect(unknownError?.description.contains("hunter2-secret") == false)
     }
+
+    @Test("Rate-limit, decision-log and static-membership options are checked, each with one sentence naming it")
+    func newOptions() {
+        func sentence(_ change: (inout WorkerConfiguration) -> Void) -> String? {
+            var bad = configuration()
+            change(&bad)
+            do {
+                try bad.validate()
+                return nil
+            } catch {
+                return error.description
+            }
+        }
+        #expect(sentence { $0.clusterMaxCallsPerMinute = 0 } == "--cluster-max-calls-per-minute must be above 0 and at most 1000000.")
+        #expect(sentence { $0.clusterMaxCallsPerMinute = .nan } == "--cluster-max-calls-per-minute must be above 0 and at most 1000000.")
+        #expect(sentence { $0.retry.rateLimitBudget = .seconds(-1) } == "--rate-limit-retry-budget must not be negative.")
+        #expect(sentence { $0.decisionsTopic = "" } == "--decisions-topic must not be empty.")
+        #expect(sentence { $0.decisionsTopic = $0.resultsTopic } == "--results-topic, --dead-letter-topic and --decisions-topic must differ.")
+        #expect(sentence { $0.decisionsTopic = $0.inputTopics[0] } == "--input-topics must not include the results, dead-letter or decisions topic.")
+        #expect(sentence { $0.instanceID = "two words" } == "--instance-id must be 1 to 249 printable ASCII characters without spaces.")
+        #expect(sentence { $0.instanceID = "finch-jobs-0" } == nil)
+        #expect(sentence { $0.kafkaProperties = ["group.instance.id": "x"] }?.hasPrefix("--kafka-config group.instance.id cannot be set") == true)
+    }
 }
