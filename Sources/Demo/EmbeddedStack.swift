@@ -60,7 +60,7 @@ public struct EmbeddedStack: Sendable {
     ) async throws -> T {
         let cluster = try KafkaMockCluster(brokers: 1, logger: logger)
         var configuration = WorkerConfiguration(bootstrapServers: cluster.bootstrapServers, tokensFile: "")
-        for topic in configuration.inputTopics + [configuration.resultsTopic, configuration.deadLetterTopic, configuration.decisionsTopic] {
+        for topic in configuration.inputTopics + [configuration.resultsTopic, configuration.deadLetterTopic, configuration.decisionsTopic, configuration.webhooksTopic] {
             try cluster.createTopic(topic, partitions: options.partitions)
         }
         let tokens = Dictionary(uniqueKeysWithValues: (0..<options.connections).map { ("c-\($0)", "demo-token-\($0)-\(UInt32.random(in: 0...UInt32.max))") })

@@ -20,9 +20,14 @@ public final class FinchSandbox: Sendable {
     private let tokens: Mutex<[String: String]>
     private let clock: any SandboxClock
     private let logger: Logger
+    /// Sends job completion webhooks, when given.
+    public let webhooks: SandboxWebhooks?
 
-    /// - Parameter tokens: connection id → access token (the worker's tokens file format).
-    public init(settings: SandboxSettings = SandboxSettings(), tokens: [String: String], clock: any SandboxClock = SystemSandboxClock(), logger: Logger) {
+    /// - Parameters:
+    ///   - tokens: connection id → access token (the worker's tokens file format).
+    ///   - webhooks: where completion webhooks go (run it as a service too).
+    public init(settings: SandboxSettings = SandboxSettings(), tokens: [String: String], clock: any SandboxClock = SystemSandboxClock(), logger: Logger, webhooks: SandboxWebhooks? = nil) {
+        self.webhooks = webhooks
         self.shared = Mutex(Shared(
             state: SandboxState(settings: settings),
             limits: SandboxRateLimits(application: settings.applicationRateLimit, ip: settings.ipRateLimit, ipBlock: settings.ipBlock)
@@ -37,7 +42,11 @@ public final class FinchSandbox: Sendable {
         tokens.withLock { $0 = Dictionary(byConnection.map { ($0.value, $0.key) }, uniquingKeysWith: { first, _ in first }) }
     }
 
-    public var stats: SandboxStats { shared.withLock { $0.stats } }
+    public var stats: SandboxStats {
+        var stats = shared.withLock { $0.stats }
+        stats.webhooks = webhooks?.stats
+        return stats
+    }
 
     public var faults: SandboxFaults {
         get { shared.withLock { $0.state.settings.faults } }
@@ -72,6 +81,17 @@ public final class FinchSandbox: Sendable {
                 headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(string: self.stats.prometheusText))
             )
+        }
+        // Finch's sandbox: the terminal status of the jobs created from now on.
+        router.put("/sandbox/jobs/configuration") { request, _ in
+            let body = try await request.body.collect(upTo: 1 << 16)
+            guard let configuration = try? JSONDecoder().decode(SandboxJobsConfiguration.self, from: Data(body.readableBytesView)),
+                  ["complete", "error", "reauth_error", "permissions_error"].contains(configuration.completionStatus)
+            else {
+                return Self.error(400, "bad_request", "completion_status must be complete, error, reauth_error or permissions_error", requestID: UUID().uuidString)
+            }
+            self.shared.withLock { $0.state.settings.jobOutcome = configuration.completionStatus }
+            return Self.json(200, SandboxJobsConfiguration(type: configuration.type ?? "data_sync_all", completionStatus: configuration.completionStatus), requestID: UUID().uuidString)
         }
         router.post("/sandbox/reset") { _, _ in
             self.reset()
@@ -152,6 +172,7 @@ public final class FinchSandbox: Sendable {
         let base = Self.baseURL(request)
         switch decision {
         case .created(let jobID, let allowed, let remaining):
+            webhooks?.jobCreated(type: job.type, connectionID: connection, jobID: jobID, jobURL: "\(base)/jobs/automated/\(jobID)", after: shared.withLock { $0.state.settings.jobDuration })
             return answer(201, Self.json(201, AutomatedJobResponseBody(jobID: jobID, jobURL: "\(base)/jobs/automated/\(jobID)", allowedRefreshes: allowed, remainingRefreshes: remaining), requestID: requestID))
         case .reused(let jobID, let allowed, let remaining):
             return answer(202, Self.json(202, AutomatedJobResponseBody(jobID: jobID, jobURL: "\(base)/jobs/automated/\(jobID)", allowedRefreshes: allowed, remainingRefreshes: remaining), requestID: requestID))
@@ -316,3 +337,13 @@ public final class FinchSandbox: Sendable {
 }
 
 struct SandboxDroppedConnection: Error {}
+
+/// `PUT /sandbox/jobs/configuration`, as Finch's sandbox has it.
+struct SandboxJobsConfiguration: Codable {
+    var type: String?
+    var completionStatus: String
+
+    enum CodingKeys: String, CodingKey {
+        case type, completionStatus = "completion_status"
+    }
+}

@@ -11,6 +11,8 @@ struct SandboxState: Sendable {
         let individualID: String?
         let createdAt: Date
         let sequence: Int
+        /// The terminal status it reaches (the configuration when it was created).
+        let outcome: String
     }
 
     struct Quota: Sendable {
@@ -58,7 +60,7 @@ struct SandboxState: Sendable {
             quotas[connectionID] = quota
         }
         sequence += 1
-        let job = Job(id: UUID().uuidString.lowercased(), connectionID: connectionID, type: type, individualID: individualID, createdAt: now, sequence: sequence)
+        let job = Job(id: UUID().uuidString.lowercased(), connectionID: connectionID, type: type, individualID: individualID, createdAt: now, sequence: sequence, outcome: settings.jobOutcome)
         jobs[job.id] = job
         if type == "data_sync_all" { lastDataSyncJob[connectionID] = job.id }
         return .created(jobID: job.id, allowed: allowed, remaining: remaining(connectionID, now: now))
@@ -84,7 +86,7 @@ struct SandboxState: Sendable {
         let duration = settings.jobDuration.timeInterval
         let startedAt = job.createdAt.addingTimeInterval(duration / 5)
         let completedAt = job.createdAt.addingTimeInterval(duration)
-        if now >= completedAt { return (settings.jobOutcome, startedAt, completedAt) }
+        if now >= completedAt { return (job.outcome, startedAt, completedAt) }
         if now >= startedAt { return ("in_progress", startedAt, nil) }
         return ("pending", nil, nil)
     }

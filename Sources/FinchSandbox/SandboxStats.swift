@@ -13,13 +13,15 @@ public struct SandboxStats: Sendable, Codable, Hashable {
     public var peakInFlight = 0
     /// 429s by kind: `quota` (with `retry_at`), `finch_application_rl`, `finch_api_ip_rl`, any route.
     public var rateLimited: [String: Int] = ["quota": 0, "finch_application_rl": 0, "finch_api_ip_rl": 0]
+    /// Completion webhooks, when the sandbox sends them.
+    public var webhooks: SandboxWebhooks.Stats?
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case requests, enqueueCalls = "enqueue_calls", enqueueByStatus = "enqueue_by_status"
         case enqueueByConnection = "enqueue_by_connection", inFlight = "in_flight", peakInFlight = "peak_in_flight"
-        case rateLimited = "rate_limited"
+        case rateLimited = "rate_limited", webhooks
     }
 
     /// Calls that got `status` ("201", "202", …), for one connection or all.

@@ -90,6 +90,18 @@ public final class JobsWorker: Service, Sendable {
         }
         // The input topics' partition count: the denominator of this replica's call budget share.
         let partitionTotal = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics, logger: logger)
+        // The webhooks topic's partitions: which replica polls a connection's jobs.
+        let webhookPartitions: Int
+        switch await producer.partitionCounts(topics: [configuration.webhooksTopic], timeout: .seconds(10))[configuration.webhooksTopic] {
+        case .success(let count)?:
+            webhookPartitions = count
+        case .failure(let error)?:
+            producer.close()
+            throw WorkerFailure(reason: "the webhooks topic \(configuration.webhooksTopic) cannot be read (\(error)); create it, or name another with --webhooks-topic")
+        case nil:
+            producer.close()
+            throw WorkerFailure(reason: "the webhooks topic \(configuration.webhooksTopic) cannot be read; create it, or name another with --webhooks-topic")
+        }
         // The decision log, read to its end before joining the group, so this replica is
         // ready only with the group's memory.
         let decisionLog: KafkaLogReader
@@ -104,7 +116,7 @@ public final class JobsWorker: Service, Sendable {
         let consumer: KafkaConsumer
         do {
             var consumerConfiguration = KafkaConsumerConfiguration(
-                client: client, groupID: configuration.groupID, topics: configuration.inputTopics,
+                client: client, groupID: configuration.groupID, topics: configuration.inputTopics + [configuration.webhooksTopic],
                 maxBatchSize: configuration.maxBatchSize, rebalanceTimeout: configuration.revokeTimeout + .seconds(5)
             )
             consumerConfiguration.groupInstanceID = configuration.instanceID
@@ -123,7 +135,7 @@ public final class JobsWorker: Service, Sendable {
         let (jobs, jobQueue) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
         let driver = WorkerDriver(
             configuration: configuration, producer: producer, consumer: consumer, finch: finch, tokens: tokens,
-            metrics: metrics, logger: logger, jobs: jobQueue, onFailure: fail
+            metrics: metrics, logger: logger, jobs: jobQueue, webhookPartitions: webhookPartitions, onFailure: fail
         )
         self.driver.withLock { $0 = driver }
         if let partitionTotal { driver.setPartitionTotal(partitionTotal) }

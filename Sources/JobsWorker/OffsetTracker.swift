@@ -54,6 +54,8 @@ package struct OffsetTracker: Sendable {
 
     package var assigned: [TopicPartition] { Array(partitions.keys) }
 
+    package func isAssigned(_ partition: TopicPartition) -> Bool { partitions[partition] != nil }
+
     /// Starts tracking newly assigned partitions (a new generation each time).
     package mutating func assign(_ added: [TopicPartition]) {
         for partition in added {

@@ -14,6 +14,14 @@ public struct WorkerConfiguration: Sendable {
     public var deadLetterTopic = "finch.dead-letter"
     /// The compacted decision log every replica reads and writes.
     public var decisionsTopic = "finch.decisions"
+    /// Verified Finch webhooks (`finch-jobs webhooks` produces them), consumed with the events.
+    public var webhooksTopic = "finch.webhooks"
+    /// How long a created or reused job waits for its completion webhook before it is polled.
+    public var completionTimeout: Duration = .seconds(900)
+    /// The first wait between polls of an unfinished job (doubling up to 10 minutes).
+    public var completionPollInterval: Duration = .seconds(30)
+    /// Larger webhook records go to the dead-letter topic.
+    public var maxWebhookBytes = 262_144
     /// Kafka's `group.instance.id` (static membership): a replica restarted within the
     /// session timeout takes its partitions back without a rebalance. Unique per replica.
     public var instanceID: String?
@@ -70,9 +78,11 @@ public struct WorkerConfiguration: Sendable {
         guard !resultsTopic.isEmpty else { throw fail("--results-topic must not be empty.") }
         guard !deadLetterTopic.isEmpty else { throw fail("--dead-letter-topic must not be empty.") }
         guard !decisionsTopic.isEmpty else { throw fail("--decisions-topic must not be empty.") }
-        let outputs = Set([resultsTopic, deadLetterTopic, decisionsTopic])
-        guard outputs.count == 3 else { throw fail("--results-topic, --dead-letter-topic and --decisions-topic must differ.") }
-        guard outputs.isDisjoint(with: inputTopics) else { throw fail("--input-topics must not include the results, dead-letter or decisions topic.") }
+        guard !webhooksTopic.isEmpty else { throw fail("--webhooks-topic must not be empty.") }
+        let outputs = Set([resultsTopic, deadLetterTopic, decisionsTopic, webhooksTopic])
+        guard outputs.count == 4 else { throw fail("--results-topic, --dead-letter-topic, --decisions-topic and --webhooks-topic must differ.") }
+        guard outputs.isDisjoint(with: inputTopics) else { throw fail("--input-topics must not include the results, dead-letter, decisions or webhooks topic.") }
+        guard completionTimeout > .zero else { throw fail("--completion-timeout must be longer than zero.") }
         if let instanceID {
             guard !instanceID.isEmpty, instanceID.count <= 249, instanceID.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
                 throw fail("--instance-id must be 1 to 249 printable ASCII characters without spaces.")
@@ -99,7 +109,7 @@ public struct WorkerConfiguration: Sendable {
         guard requestTimeout > .zero else { throw fail("--request-timeout must be longer than zero.") }
         guard retry.maxAttempts >= 1 else { throw fail("--max-attempts must be at least 1.") }
         for (option, duration) in [("--reuse-window", reuseWindow), ("--revoke-timeout", revokeTimeout), ("--shutdown-timeout", shutdownTimeout),
-                                   ("--request-timeout", requestTimeout), ("--retry-budget", retry.budget), ("--rate-limit-retry-budget", retry.rateLimitBudget)] where duration > DurationText.maximum {
+                                   ("--request-timeout", requestTimeout), ("--retry-budget", retry.budget), ("--rate-limit-retry-budget", retry.rateLimitBudget), ("--completion-timeout", completionTimeout)] where duration > DurationText.maximum {
             throw fail("\(option) must be at most 366 days.")
         }
         guard maxInFlight <= 10_000 else { throw fail("--max-in-flight must be at most 10000.") }

@@ -43,12 +43,17 @@ final class WorkerDriver: Sendable {
         jobs: AsyncStream<@Sendable () async -> Void>.Continuation,
         now: @escaping @Sendable () -> Date = Date.init,
         replicaID: String = UUID().uuidString.lowercased(),
+        webhookPartitions: Int = 0,
         onFailure: @escaping @Sendable (String) -> Void
     ) {
         self.configuration = configuration
         self.state = Mutex(WorkerStateMachine(configuration: .init(
             maxBufferedEvents: configuration.maxBufferedEvents, reuseWindow: configuration.reuseWindow, dedupCapacity: configuration.dedupCapacity,
-            decisionLog: .init(replicaID: replicaID)
+            decisionLog: .init(replicaID: replicaID),
+            completions: webhookPartitions > 0 ? .init(
+                tracker: .init(completionTimeout: configuration.completionTimeout, pollInterval: configuration.completionPollInterval),
+                webhooksTopic: configuration.webhooksTopic, webhookPartitions: webhookPartitions
+            ) : nil
         )))
         self.replicaID = replicaID
         self.producer = producer
@@ -87,6 +92,13 @@ final class WorkerDriver: Sendable {
     // MARK: - Inputs
 
     func admit(_ records: [KafkaRecord]) {
+        var records = records
+        if records.contains(where: { $0.topic == configuration.webhooksTopic }) {
+            let webhooks = records.filter { $0.topic == configuration.webhooksTopic }
+            records.removeAll { $0.topic == configuration.webhooksTopic }
+            receiveWebhooks(webhooks)
+            if records.isEmpty { return }
+        }
         let decoded = records.map { (record: $0, decoded: decoder.decode($0.value)) }
         var consumed: [String: Int] = [:]
         for item in decoded {
@@ -98,6 +110,55 @@ final class WorkerDriver: Sendable {
         for (type, count) in consumed { metrics.eventConsumed(type: type, count: count) }
         let now = self.now()
         input { $0.admit(decoded, now: now) }
+    }
+
+    private func receiveWebhooks(_ records: [KafkaRecord]) {
+        let events = records.map { (record: $0, event: FinchWebhookEvent.read($0, maxBytes: configuration.maxWebhookBytes)) }
+        for (_, event) in events {
+            switch event {
+            case .success(let webhook): metrics.webhookEvent(type: webhook.eventType)
+            case .failure: metrics.webhookEvent(type: "invalid")
+            }
+        }
+        let now = self.now()
+        input { $0.webhooksReceived(events, now: now) }
+    }
+
+    /// Reads a job from Finch (within the call limits: it is a Finch call too), by its id
+    /// under the configured base URL: the token never goes to a URL a webhook names.
+    private func fetchJob(_ fetch: CompletionTracker.Fetch, events: [PendingEvent]) async {
+        let outcome: CompletionTracker.Fetched
+        if let token = tokens.token(for: fetch.connectionID) {
+            do {
+                try await limiter.acquire()
+                do {
+                    let job = try await finch.job(id: fetch.jobID, token: token)
+                    limiter.release(.answered)
+                    outcome = job.status.isTerminal ? .terminal(job) : .notFinished
+                } catch {
+                    switch error.code {
+                    case .ipRateLimited: limiter.release(.ipBlocked(retryAfter: error.retryAfter))
+                    case .applicationRateLimited: limiter.release(.applicationLimited(retryAfter: error.retryAfter))
+                    default: limiter.release(.answered)
+                    }
+                    let final = [FinchError.Code.notFound, .forbidden, .unauthorized, .reauthenticationRequired, .badRequest].contains(error.code)
+                    logger.log(level: final ? .warning : .notice, "Finch job status not read", metadata: [
+                        "connection_id": "\(fetch.connectionID)", "job_id": "\(fetch.jobID)", "error": "\(error.code)", "final": "\(final)",
+                    ])
+                    outcome = .failed(final: final)
+                }
+            } catch .stopped {
+                input { $0.jobFetched(fetch, .failed(final: false), events: events, now: self.now()) }
+                return
+            } catch {
+                outcome = .failed(final: false)  // blocked or timed out: polled again later
+            }
+        } else {
+            logger.warning("no access token to read a finished job; its completion is not reported", metadata: ["connection_id": "\(fetch.connectionID)", "job_id": "\(fetch.jobID)"])
+            outcome = .failed(final: true)
+        }
+        let now = self.now()
+        input { $0.jobFetched(fetch, outcome, events: events, now: now) }
     }
 
     func assign(_ partitions: [TopicPartition]) {
@@ -119,8 +180,9 @@ final class WorkerDriver: Sendable {
 
     /// Gives the limiter this replica's share of the call budget.
     private func updateShare(adding added: [TopicPartition] = [], removing removed: [TopicPartition] = []) {
+        let inputs = Set(configuration.inputTopics)
         let (owned, total) = ownership.withLock { ownership in
-            ownership.owned.formUnion(added)
+            ownership.owned.formUnion(added.filter { inputs.contains($0.topic) })
             ownership.owned.subtract(removed)
             guard ownership.total > 0 else { return (ownership.owned.count, 0) }
             // Never less than what this replica can see it owns (partitions added since the
@@ -173,11 +235,11 @@ final class WorkerDriver: Sendable {
     /// Returns how many records were skipped as unreadable.
     @discardableResult
     func restore(_ records: [KafkaRecord], startup: Bool) -> Int {
-        var decisions: [Decision] = []
+        var decisions: [DecisionLogEntry] = []
         decisions.reserveCapacity(records.count)
         var skipped = 0
         for record in records {
-            switch Decision.read(record) {
+            switch DecisionLogEntry.read(record) {
             case .success(let decision):
                 decisions.append(decision)
             case .failure(let reason):
@@ -295,8 +357,12 @@ final class WorkerDriver: Sendable {
             case .fail(let reason):
                 logger.critical("Kafka refused a publication for good; the worker stops (its events stay uncommitted)", metadata: ["reason": "\(reason)"])
                 onFailure(reason)
-            case .recordDecision(let decision, let then):
-                recordDecision(decision, then: then)
+            case .recordDecision(let entry, let then):
+                recordDecision(entry, then: then)
+            case .fetchJob(let fetch, let events):
+                schedule(onDropped: { [self] in input { $0.jobFetched(fetch, .failed(final: false), events: events, now: now()) } }) { [self] in
+                    await fetchJob(fetch, events: events)
+                }
             case .rewound(let partition, let offset, let expected):
                 logger.warning("record below its partition's position processed again (offset reset or re-fetch)", metadata: [
                     "topic": "\(partition.topic)", "partition": "\(partition.partition)", "offset": "\(offset)", "expected": "\(expected)",
@@ -327,27 +393,31 @@ final class WorkerDriver: Sendable {
     /// Produces a decision record, then performs `then` once Kafka answered, whatever the
     /// answer: a decision that could not be written costs at most a call later, while holding
     /// its results back could stall their partitions.
-    private func recordDecision(_ decision: Decision, then: [Action]) {
-        let record = decision.record(topic: configuration.decisionsTopic, now: now())
+    private func recordDecision(_ entry: DecisionLogEntry, then: [Action]) {
+        let record: KafkaProducerRecord = switch entry {
+        case .decision(let decision): decision.record(topic: configuration.decisionsTopic, now: now())
+        case .completion(let completion): completion.record(topic: configuration.decisionsTopic)
+        case .account(let account): account.record(topic: configuration.decisionsTopic)
+        }
         let refused = producer.send(record) { [self] delivery in
-            decisionWritten(decision, delivery.map { _ in () })
+            decisionWritten(entry, delivery.map { _ in () })
             perform(then)
         }
         if let refused {
-            decisionWritten(decision, .failure(refused))
+            decisionWritten(entry, .failure(refused))
             perform(then)
         }
     }
 
-    private func decisionWritten(_ decision: Decision, _ outcome: Result<Void, KafkaError>) {
+    private func decisionWritten(_ entry: DecisionLogEntry, _ outcome: Result<Void, KafkaError>) {
         switch outcome {
         case .success:
             metrics.decisionWritten(ok: true)
         case .failure(let error):
             metrics.decisionWritten(ok: false)
             if error.code != .closed {
-                logger.warning("decision not written to the decision log; a restart may call Finch again for this key", metadata: [
-                    "connection_id": "\(decision.key.connectionID)", "topic": "\(configuration.decisionsTopic)", "error": "\(error)",
+                logger.warning("decision not written to the decision log; a restart may call Finch again for it", metadata: [
+                    "entry": "\(entry)", "topic": "\(configuration.decisionsTopic)", "error": "\(error)",
                 ])
             }
         }
@@ -388,6 +458,8 @@ final class WorkerDriver: Sendable {
         switch publication.content {
         case .result(let result):
             return result.record(topic: configuration.resultsTopic, source: configuration.resultSource)
+        case .completion(let completion):
+            return completion.record(topic: configuration.resultsTopic, source: configuration.resultSource)
         case .deadLetter(let record, let reason, let truncation):
             return DeadLetter.record(for: record, reason: reason, topic: configuration.deadLetterTopic, truncation: truncation, maxRecordBytes: producer.maxMessageBytes)
         }
@@ -401,6 +473,11 @@ final class WorkerDriver: Sendable {
             for event in publication.events {
                 if let timestamp = event.timestampMilliseconds { metrics.eventToResult(seconds: now - Double(timestamp) / 1_000) }
             }
+        case .completion(let completion):
+            metrics.completion(detectedBy: completion.detectedBy, status: completion.status)
+            logger.info("job completion reported", metadata: [
+                "connection_id": "\(completion.connectionID)", "job_id": "\(completion.jobID)", "status": "\(completion.status)", "detected_by": "\(completion.detectedBy)",
+            ])
         case .deadLetter(let record, let reason, let truncation):
             metrics.deadLettered(reason: reason.code)
             logger.warning("invalid event sent to the dead-letter topic", metadata: [
@@ -444,7 +521,7 @@ final class WorkerDriver: Sendable {
             // Other replicas that come to own this key wait for this call until its deadline
             // instead of calling too. Not waited for: losing it costs a call at most.
             let deadline = self.now().addingTimeInterval((configuration.requestTimeout + .seconds(5)).timeInterval)
-            recordDecision(Decision(key: key, state: .inFlight(until: deadline), replica: replicaID), then: [])
+            recordDecision(.decision(Decision(key: key, state: .inFlight(until: deadline), replica: replicaID)), then: [])
             let result = await finch.enqueue(key.request, token: token)
             last = result
             metrics.finchCall(status: result.status, duration: result.latency)
@@ -548,7 +625,7 @@ extension WorkerStateMachine.PublishFailure {
 extension WorkerConfiguration {
     func topic(of publication: WorkerStateMachine.Publication) -> String {
         switch publication.content {
-        case .result: resultsTopic
+        case .result, .completion: resultsTopic
         case .deadLetter: deadLetterTopic
         }
     }

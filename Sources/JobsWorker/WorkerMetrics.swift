@@ -23,7 +23,7 @@ public final class WorkerMetrics: Sendable {
         "finch_jobs_token_reloads_total", "finch_jobs_rewound_records_total", "finch_jobs_finch_rate_limits_total",
         "finch_jobs_finch_blocked_until_seconds", "finch_jobs_call_budget_per_minute",
         "finch_jobs_decisions_restored", "finch_jobs_decisions_log_lag", "finch_jobs_decision_records_skipped_total",
-        "finch_jobs_decision_writes_total",
+        "finch_jobs_decision_writes_total", "finch_jobs_webhook_events_total", "finch_jobs_completions_total",
     ]
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -50,6 +50,10 @@ public final class WorkerMetrics: Sendable {
         for reason in Decision.Invalid.allCases { _ = counter("finch_jobs_decision_records_skipped_total", [("reason", reason.rawValue)]) }
         for outcome in ["acknowledged", "failed"] { _ = counter("finch_jobs_decision_writes_total", [("outcome", outcome)]) }
         decisionsRestored(0)
+        for detectedBy in JobCompletion.DetectedBy.allCases {
+            for status in ["complete", "error", "reauth_error", "permissions_error"] { _ = counter("finch_jobs_completions_total", [("detected_by", detectedBy.rawValue), ("status", status)]) }
+        }
+        for type in ["job.data_sync_all.completed", "job.w4_form_employee_sync.completed", "account.updated", "invalid"] { _ = counter("finch_jobs_webhook_events_total", [("type", type)]) }
         decisionLogLag(0)
         callBudget(perMinute: 0)
         _ = counter("finch_jobs_dedup_evictions_total")
@@ -157,6 +161,16 @@ public final class WorkerMetrics: Sendable {
 
     func decisionWritten(ok: Bool) {
         counter("finch_jobs_decision_writes_total", [("outcome", ok ? "acknowledged" : "failed")]).increment()
+    }
+
+    // MARK: - Webhooks and completions
+
+    func webhookEvent(type: String) {
+        counter("finch_jobs_webhook_events_total", [("type", type)]).increment()
+    }
+
+    func completion(detectedBy: String, status: String) {
+        counter("finch_jobs_completions_total", [("detected_by", detectedBy), ("status", status)]).increment()
     }
 
     func tokenReload(outcome: String) {

@@ -36,6 +36,16 @@ struct WorkerStateMachine: Sendable {
         /// Whether decisions go to the decision log (results of a decision wait for its
         /// record's acknowledgement), and this process's id in the records it writes.
         var decisionLog: DecisionLogSettings? = nil
+        /// Whether job completions are tracked and reported (webhooks and polling).
+        var completions: CompletionSettings? = nil
+    }
+
+    struct CompletionSettings: Sendable {
+        var tracker: CompletionTracker.Configuration
+        /// The webhooks topic and its partition count: the replica that owns the partition a
+        /// connection's webhooks go to also polls that connection's jobs.
+        var webhooksTopic: String
+        var webhookPartitions: Int
     }
 
     struct DecisionLogSettings: Sendable {
@@ -46,6 +56,7 @@ struct WorkerStateMachine: Sendable {
     struct Publication: Sendable {
         enum Content: Sendable {
             case result(JobResult)
+            case completion(JobCompletion)
             case deadLetter(KafkaRecord, DeadLetterReason, DeadLetter.Truncation)
         }
         var content: Content
@@ -86,7 +97,10 @@ struct WorkerStateMachine: Sendable {
         case rewound(TopicPartition, offset: Int64, expected: Int64)
         /// Write a decision to the decision log; once Kafka acknowledged it (or refused it for
         /// good: a lost decision costs a call at most, never an event), perform `then`.
-        case recordDecision(Decision, then: [Action])
+        case recordDecision(DecisionLogEntry, then: [Action])
+        /// Read a job's status from Finch; feed the outcome to ``jobFetched(_:_:events:now:)``
+        /// with `events` (the webhook records it answers).
+        case fetchJob(CompletionTracker.Fetch, events: [PendingEvent])
     }
 
     /// The decisions this process wrote that are still live: it writes their tombstones.
@@ -136,10 +150,16 @@ struct WorkerStateMachine: Sendable {
     private var own = OwnDecisions()
     /// Decisions read from the log and applied, since the start.
     private(set) var decisionsRestored = 0
+    private(set) var completions: CompletionTracker?
+    /// Connections Finch said need re-authentication (`account.updated`), until it says they
+    /// are connected again.
+    private(set) var reauthentication: Set<String> = []
+    private var lastCompletionExpiry = Date.distantPast
 
     init(configuration: Configuration) {
         self.configuration = configuration
         self.dedup = Deduplicator(reuseWindow: configuration.reuseWindow, capacity: configuration.dedupCapacity)
+        self.completions = configuration.completions.map { CompletionTracker(configuration: $0.tracker) }
     }
 
     /// Ready while the group has assigned this member its partitions and it is neither
@@ -219,6 +239,12 @@ struct WorkerStateMachine: Sendable {
                     local[key]!.events.append(pending)
                     continue
                 }
+                if !reauthentication.isEmpty, reauthentication.contains(key.connectionID) {
+                    localOrder.append(key)
+                    let answer = JobAnswer.failed(.reauthenticationRequired, message: "Finch reported that the connection needs re-authentication (account.updated); no call until it is connected again")
+                    local[key] = (answer, .local, [pending])
+                    continue
+                }
                 switch dedup.admit(key, waiter: pending, now: now) {
                 case .call: actions.append(.call(key))
                 case .joined: break
@@ -233,6 +259,64 @@ struct WorkerStateMachine: Sendable {
             actions += results(key, events: group.events, answer: group.answer, decidedBy: group.decidedBy, finch: nil, attempts: 0, now: now)
         }
         return actions + flowControl()
+    }
+
+    // MARK: - Webhooks and completions
+
+    /// Records of the webhooks topic. A job completion webhook leads to a fetch of the job
+    /// (its record answered when the fetch is done); `account.updated` updates which
+    /// connections need re-authentication; everything else, and repeats, are answered at once.
+    mutating func webhooksReceived(_ batch: [(record: KafkaRecord, event: Result<FinchWebhookEvent, DeadLetterReason>)], now: Date) -> [Action] {
+        var actions: [Action] = []
+        var done: [PendingEvent] = []
+        for (record, event) in batch {
+            let position: RecordPosition
+            switch tracker.receive(record.topicPartition, offset: record.offset) {
+            case .accepted(let accepted): position = accepted
+            case .rewound(let accepted, let expected):
+                position = accepted
+                actions.append(.rewound(record.topicPartition, offset: record.offset, expected: expected))
+            case .duplicate, .unassigned: continue
+            }
+            let pending = PendingEvent(eventID: "", position: position, timestampMilliseconds: record.timestampMilliseconds)
+            switch event {
+            case .failure(let reason):
+                actions.append(.publish(Publication(content: .deadLetter(record, reason, .none), events: [pending])))
+            case .success(let webhook):
+                switch webhook.kind {
+                case .jobCompleted(let jobID):
+                    if let fetch = completions?.webhook(eventID: webhook.eventID, jobID: jobID, connectionID: webhook.connectionID, now: now) {
+                        actions.append(.fetchJob(fetch, events: [pending]))
+                    } else {
+                        done.append(pending)
+                    }
+                case .accountUpdated(let status):
+                    if let status, FinchWebhookEvent.reauthenticationStatuses.contains(status) {
+                        if reauthentication.insert(webhook.connectionID).inserted, let log = configuration.decisionLog {
+                            actions.append(.recordDecision(.account(AccountRecord(connectionID: webhook.connectionID, needsReauthentication: true, replica: log.replicaID)), then: []))
+                        }
+                    } else if status == "connected", reauthentication.remove(webhook.connectionID) != nil, let log = configuration.decisionLog {
+                        actions.append(.recordDecision(.account(AccountRecord(connectionID: webhook.connectionID, needsReauthentication: false, replica: log.replicaID)), then: []))
+                    }
+                    done.append(pending)
+                case .other:
+                    done.append(pending)
+                }
+            }
+        }
+        return actions + acknowledged(done) + flowControl()
+    }
+
+    /// A job's status came back. A terminal one is reported once (`job.completed`, after the
+    /// log remembers it as reported); otherwise the job is polled again later.
+    mutating func jobFetched(_ fetch: CompletionTracker.Fetch, _ outcome: CompletionTracker.Fetched, events: [PendingEvent], now: Date) -> [Action] {
+        let current = events.filter { tracker.isCurrent($0.position) }
+        guard let completion = completions?.fetched(fetch, outcome, now: now) else { return acknowledged(current) }
+        let publish = Action.publish(Publication(content: .completion(completion), events: current))
+        guard let log = configuration.decisionLog, let settings = configuration.completions else { return [publish] }
+        let until = now.addingTimeInterval(settings.tracker.memory.timeInterval)
+        let record = CompletionRecord(jobID: fetch.jobID, connectionID: completion.connectionID, key: nil, state: .reported(until: until), replica: log.replicaID)
+        return [.recordDecision(.completion(record), then: [publish])]
     }
 
     // MARK: - Finch calls
@@ -255,30 +339,62 @@ struct WorkerStateMachine: Sendable {
         // No call was made (no token, an IP block): no record to write or clear.
         guard let log = configuration.decisionLog, attempts > 0 else { return announcing }
         let state: Decision.State
+        var awaiting: [Action] = []
         switch answer {
         case .created(let job), .reused(let job):
             let until = now.addingTimeInterval(configuration.reuseWindow.timeInterval)
             own.insert(key, until: until)
             state = .job(job, until: until)
+            if completions?.track(jobID: job.jobID, connectionID: key.connectionID, key: key, now: now) == true, let pollAt = completions?.awaited[job.jobID]?.pollAt {
+                let record = CompletionRecord(jobID: job.jobID, connectionID: key.connectionID, key: key, state: .awaiting(pollAt: pollAt), replica: log.replicaID)
+                awaiting = [.recordDecision(.completion(record), then: [])]
+            }
         case .rateLimited(let retryAt, let lastJob) where retryAt > now:
             own.insert(key, until: retryAt)
             state = .rateLimited(retryAt: retryAt, lastJob: lastJob)
         case .rateLimited, .failed:
             // Nothing to remember: clear the call's in-flight record; the results need not wait.
-            return [.recordDecision(Decision(key: key, state: .cleared(until: nil), replica: log.replicaID), then: [])] + announcing
+            return [.recordDecision(.decision(Decision(key: key, state: .cleared(until: nil), replica: log.replicaID)), then: [])] + announcing
         }
         // The decision is acknowledged before the results that announce it, so before the
         // offsets of its events are stored.
-        return [.recordDecision(Decision(key: key, state: state, replica: log.replicaID), then: announcing)]
+        return [.recordDecision(.decision(Decision(key: key, state: state, replica: log.replicaID)), then: announcing)] + awaiting
     }
 
     /// Decisions read from the log (other replicas' and earlier processes'). During the
     /// startup read (`startup`), decisions already expired are cleared from the log.
     mutating func restored(_ decisions: [Decision], now: Date, startup: Bool) -> [Action] {
+        restored(decisions.map { DecisionLogEntry.decision($0) }, now: now, startup: startup)
+    }
+
+    mutating func restored(_ entries: [DecisionLogEntry], now: Date, startup: Bool) -> [Action] {
         guard let log = configuration.decisionLog else { return [] }
         var actions: [Action] = []
-        for decision in decisions where decision.replica != log.replicaID {
+        for entry in entries where entry.replica != log.replicaID {
             decisionsRestored += 1
+            let decision: Decision
+            switch entry {
+            case .decision(let found):
+                decision = found
+            case .completion(let record):
+                switch record.state {
+                case .awaiting(let pollAt):
+                    if let connection = record.connectionID { completions?.restoreAwaited(jobID: record.jobID, connectionID: connection, key: record.key, pollAt: pollAt) }
+                case .reported(let until):
+                    if until > now {
+                        completions?.restoreReported(jobID: record.jobID, until: until)
+                    } else if startup {
+                        completions?.restoreCleared(jobID: record.jobID)
+                        actions.append(.recordDecision(.completion(CompletionRecord(jobID: record.jobID, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), then: []))
+                    }
+                case .cleared:
+                    completions?.restoreCleared(jobID: record.jobID)
+                }
+                continue
+            case .account(let record):
+                if record.needsReauthentication { reauthentication.insert(record.connectionID) } else { reauthentication.remove(record.connectionID) }
+                continue
+            }
             let key = decision.key
             switch decision.state {
             case .inFlight(let until):
@@ -286,20 +402,20 @@ struct WorkerStateMachine: Sendable {
                 if until > now {
                     dedup.restoreCallElsewhere(key, until: until, now: now)
                 } else if startup {
-                    actions.append(.recordDecision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID), then: []))
+                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), then: []))
                 }
             case .job(let job, let until):
                 own.until[key] = nil
                 actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: .reused(job), until: until, now: now), answer: .reused(job), now: now)
                 if until <= now, startup {
-                    actions.append(.recordDecision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID), then: []))
+                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), then: []))
                 }
             case .rateLimited(let retryAt, let lastJob):
                 own.until[key] = nil
                 let answer = JobAnswer.rateLimited(retryAt: retryAt, lastJob: lastJob)
                 actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: answer, until: retryAt, now: now), answer: answer, now: now)
                 if retryAt <= now, startup {
-                    actions.append(.recordDecision(Decision(key: key, state: .cleared(until: retryAt), replica: log.replicaID), then: []))
+                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: retryAt), replica: log.replicaID)), then: []))
                 }
             case .cleared(let expired):
                 if dedup.restoreCleared(key, expired: expired) { actions.append(.call(key)) }
@@ -429,9 +545,22 @@ struct WorkerStateMachine: Sendable {
     mutating func tick(now: Date) -> [Action] {
         dedup.expire(now: now)
         var actions = dedup.expireCallsElsewhere(now: now).map { Action.call($0) }
+        if var tracker = completions, let settings = configuration.completions {
+            let tracked = self.tracker
+            let fetches = tracker.duePolls(now: now) { connection in
+                let partition = KafkaPartitioner.partition(forKey: Array(connection.utf8), partitionCount: settings.webhookPartitions)
+                return tracked.isAssigned(TopicPartition(topic: settings.webhooksTopic, partition: partition))
+            }
+            if now.timeIntervalSince(lastCompletionExpiry) >= 60 {
+                tracker.expire(now: now)
+                lastCompletionExpiry = now
+            }
+            completions = tracker
+            actions += fetches.map { .fetchJob($0, events: []) }
+        }
         if let log = configuration.decisionLog {
             for (key, expired) in own.expire(now: now) {
-                actions.append(.recordDecision(Decision(key: key, state: .cleared(until: expired), replica: log.replicaID), then: []))
+                actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: expired), replica: log.replicaID)), then: []))
             }
         }
         return actions

@@ -9,7 +9,7 @@ struct FinchJobs: AsyncParsableCommand {
         commandName: "finch-jobs",
         abstract: "A Kafka worker that turns HR events into Finch automated jobs, without wasting Finch quota.",
         discussion: "Every option can also be set through an environment variable FINCH_JOBS_<OPTION>, e.g. FINCH_JOBS_BOOTSTRAP_SERVERS for --bootstrap-servers; a flag on the command line wins.",
-        subcommands: [DemoCommand.self, RunCommand.self, KafkaCommand.self, SandboxCommand.self, BenchCommand.self]
+        subcommands: [DemoCommand.self, RunCommand.self, KafkaCommand.self, SandboxCommand.self, WebhooksCommand.self, BenchCommand.self]
     )
 
     static func main() async {

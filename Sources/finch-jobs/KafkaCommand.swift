@@ -20,7 +20,7 @@ struct KafkaCommand: AsyncParsableCommand {
     var partitions: Int = 4
 
     @Option(help: "Comma-separated topics created at start. (env FINCH_JOBS_TOPICS)")
-    var topics: String = "finch.refresh-requested,finch.w4-changed,finch.job-results,finch.dead-letter,finch.decisions"
+    var topics: String = "finch.refresh-requested,finch.w4-changed,finch.job-results,finch.dead-letter,finch.decisions,finch.webhooks"
 
     @OptionGroup var logging: LoggingOptions
 

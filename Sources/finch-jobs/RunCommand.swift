@@ -76,6 +76,12 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "The compacted decision log every replica reads at startup and follows, so restarts and rebalances make no repeated call. (env FINCH_JOBS_DECISIONS_TOPIC)")
     var decisionsTopic: String = "finch.decisions"
 
+    @Option(help: "Verified Finch webhooks (from finch-jobs webhooks), consumed with the events: job completions become job.completed results. (env FINCH_JOBS_WEBHOOKS_TOPIC)")
+    var webhooksTopic: String = "finch.webhooks"
+
+    @Option(help: "How long a created or reused job waits for its completion webhook before the worker polls it. (env FINCH_JOBS_COMPLETION_TIMEOUT)")
+    var completionTimeout: DurationArgument = DurationArgument(.seconds(900))
+
     @Option(help: "Kafka static membership (group.instance.id): a replica restarted within the session timeout keeps its partitions without a rebalance. Unique per replica, e.g. the pod name; unset by default. (env FINCH_JOBS_INSTANCE_ID)")
     var instanceID: String?
 
@@ -143,6 +149,8 @@ struct WorkerOptions: ParsableArguments {
         configuration.resultsTopic = resultsTopic
         configuration.deadLetterTopic = deadLetterTopic
         configuration.decisionsTopic = decisionsTopic
+        configuration.webhooksTopic = webhooksTopic
+        configuration.completionTimeout = completionTimeout.duration
         configuration.instanceID = instanceID
         configuration.finchBaseURL = finchBaseURL
         configuration.maxInFlight = maxInFlight

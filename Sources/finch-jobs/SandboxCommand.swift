@@ -61,6 +61,15 @@ struct SandboxCommand: AsyncParsableCommand {
     @Flag(help: "Send Retry-After (whole seconds) with the application and IP limit 429s. (env FINCH_JOBS_RETRY_AFTER_HEADER)")
     var retryAfterHeader: Bool = false
 
+    @Option(help: "Where to send job completion webhooks (job.<type>.completed), signed as Finch signs them. (env FINCH_JOBS_WEBHOOK_URL)")
+    var webhookURL: String?
+
+    @Option(help: "The webhook secret (base64) that signs them. (env FINCH_JOBS_WEBHOOK_SECRET)")
+    var webhookSecret: String?
+
+    @Option(help: "Fraction of webhooks never sent, as if lost. (env FINCH_JOBS_WEBHOOK_DROP_RATE)")
+    var webhookDropRate: Double = 0
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -69,6 +78,15 @@ struct SandboxCommand: AsyncParsableCommand {
         guard window.duration > .zero else { throw ValidationError("--window must be longer than zero.") }
         guard ["complete", "error", "reauth_error", "permissions_error"].contains(jobOutcome) else {
             throw ValidationError("--job-outcome must be complete, error, reauth_error or permissions_error, not \"\(jobOutcome)\".")
+        }
+        guard (0...1).contains(webhookDropRate) else { throw ValidationError("--webhook-drop-rate must be between 0 and 1, not \(webhookDropRate).") }
+        if webhookURL != nil || webhookSecret != nil {
+            guard let webhookURL, let url = URL(string: webhookURL), ["http", "https"].contains(url.scheme ?? "") else {
+                throw ValidationError("--webhook-url must be an http(s) URL when --webhook-secret is given.")
+            }
+            guard let webhookSecret, Data(base64Encoded: webhookSecret) != nil else {
+                throw ValidationError("--webhook-secret must be base64 when --webhook-url is given.")
+            }
         }
         guard ipBlock.duration > .zero else { throw ValidationError("--ip-block must be longer than zero.") }
         for (name, rate) in [("--failure-rate", failureRate), ("--application-rate-limit-rate", applicationRateLimitRate), ("--drop-rate", dropRate)] {
@@ -92,14 +110,19 @@ struct SandboxCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.bootstrap()
         let tokens = try TokensFile.load(path: tokensFile)
-        let sandbox = FinchSandbox(settings: settings, tokens: tokens, logger: logger)
+        var webhooks: SandboxWebhooks?
+        if let webhookURL, let webhookSecret {
+            webhooks = try SandboxWebhooks(url: webhookURL, secret: webhookSecret, dropRate: webhookDropRate, logger: logger)
+        }
+        let sandbox = FinchSandbox(settings: settings, tokens: tokens, logger: logger, webhooks: webhooks)
         let host = self.host
         let app = SandboxServer.application(sandbox: sandbox, host: host, port: port, logger: logger) { port in
             let shown = host == "0.0.0.0" ? "127.0.0.1" : host
             StandardOutput.line("url=http://\(shown):\(port)")
             logger.info("Finch sandbox listening", metadata: ["port": "\(port)", "connections": "\(tokens.count)"])
         }
-        let group = ServiceGroup(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let services: [any Service] = [app] + (webhooks.map { [$0] } ?? [])
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
     }
 }

@@ -12,7 +12,7 @@ struct WorkerProcessTests {
         try ChildProcess(try finchJobsBinary(), [
             "run", "--bootstrap-servers", kafka.cluster.bootstrapServers, "--group", group,
             "--input-topics", "\(kafka.topics.refresh),\(kafka.topics.w4)",
-            "--results-topic", kafka.topics.results, "--dead-letter-topic", kafka.topics.deadLetter, "--decisions-topic", kafka.topics.decisions,
+            "--results-topic", kafka.topics.results, "--dead-letter-topic", kafka.topics.deadLetter, "--decisions-topic", kafka.topics.decisions, "--webhooks-topic", kafka.topics.webhooks,
             "--finch-base-url", url, "--tokens-file", tokensFile, "--http-port", "0",
             "--cluster-max-calls-per-minute", "600000",
             "--shutdown-timeout", "20s", "--log-level", "warning",

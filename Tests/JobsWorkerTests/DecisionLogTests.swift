@@ -28,7 +28,7 @@ struct DecisionLogTests {
     }
 
     func decisions(_ actions: [Action]) -> [(Decision, [Action])] {
-        actions.compactMap { if case .recordDecision(let decision, let then) = $0 { (decision, then) } else { nil } }
+        actions.compactMap { if case .recordDecision(.decision(let decision), let then) = $0 { (decision, then) } else { nil } }
     }
 
     func results(_ actions: [Action]) -> [JobResult] {

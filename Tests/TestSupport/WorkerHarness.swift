@@ -14,6 +14,7 @@ public final class EmbeddedKafka: Sendable {
         public let results: String
         public let deadLetter: String
         public let decisions: String
+        public let webhooks: String
     }
 
     public struct Collected: Sendable {
@@ -34,9 +35,9 @@ public final class EmbeddedKafka: Sendable {
     public init(partitions: Int = 4, brokers: Int = 1) throws {
         cluster = try KafkaMockCluster(brokers: brokers, logger: quietLogger("mock"))
         let suffix = UInt32.random(in: 0...UInt32.max)
-        topics = Topics(refresh: "refresh-\(suffix)", w4: "w4-\(suffix)", results: "results-\(suffix)", deadLetter: "dead-\(suffix)", decisions: "decisions-\(suffix)")
+        topics = Topics(refresh: "refresh-\(suffix)", w4: "w4-\(suffix)", results: "results-\(suffix)", deadLetter: "dead-\(suffix)", decisions: "decisions-\(suffix)", webhooks: "webhooks-\(suffix)")
         self.partitions = partitions
-        for topic in [topics.refresh, topics.w4, topics.results, topics.deadLetter, topics.decisions] {
+        for topic in [topics.refresh, topics.w4, topics.results, topics.deadLetter, topics.decisions, topics.webhooks] {
             try cluster.createTopic(topic, partitions: partitions, replicationFactor: brokers)
         }
         let client = KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers)
@@ -199,6 +200,7 @@ extension EmbeddedKafka {
         configuration.resultsTopic = topics.results
         configuration.deadLetterTopic = topics.deadLetter
         configuration.decisionsTopic = topics.decisions
+        configuration.webhooksTopic = topics.webhooks
         configuration.finchBaseURL = finchBaseURL
         configuration.kafkaProperties = mockGroupProperties
         configuration.tokensReloadInterval = .milliseconds(100)
