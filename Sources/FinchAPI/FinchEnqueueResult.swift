@@ -69,6 +69,21 @@ public struct FinchAutomatedJob: Sendable, Hashable {
     public let startedAt: Date?
     public let completedAt: Date?
     public let individualID: String?
+
+    public init(
+        jobID: String, jobURL: String, type: String, status: Status, createdAt: Date,
+        scheduledAt: Date?, startedAt: Date?, completedAt: Date?, individualID: String?
+    ) {
+        self.jobID = jobID
+        self.jobURL = jobURL
+        self.type = type
+        self.status = status
+        self.createdAt = createdAt
+        self.scheduledAt = scheduledAt
+        self.startedAt = startedAt
+        self.completedAt = completedAt
+        self.individualID = individualID
+    }
 }
 
 /// `GET /jobs/automated`: newest first, with the connection's `data_sync_all` quota.

@@ -35,6 +35,8 @@ public final class JobsWorker: Service, Sendable {
 
     /// Events admitted and not yet answered.
     package var unanswered: Int { driver.value?.unanswered ?? 0 }
+    /// Connections Finch said need re-authentication.
+    package var reauthenticationRequired: Set<String> { driver.value?.reauthenticationRequired ?? [] }
 
     package var hooks: TestHooks { testHooks.value }
 

@@ -101,6 +101,11 @@ public final class WebhookReceiver: Service, Sendable {
         logger.info("webhook receiver ready", metadata: ["topic": "\(configuration.topic)", "secrets": "\(configuration.secrets.count)"])
         // Runs until shutdown; then the HTTP server (stopped first) has no request in flight.
         try? await gracefulShutdown()
+        close()
+    }
+
+    /// Flushes and closes the producer (what the end of ``run()`` does).
+    public func close() {
         ready.store(false, ordering: .relaxed)
         _ = producer.flush(timeout: .seconds(5))
         producer.close(timeout: .seconds(1))

@@ -83,6 +83,7 @@ final class WorkerDriver: Sendable {
 
     var isReady: Bool { state.withLock { $0.isReady } }
     var unanswered: Int { state.withLock { $0.tracker.unanswered } }
+    var reauthenticationRequired: Set<String> { state.withLock { $0.reauthentication } }
 
     /// Feeds one input to the state machine and performs the actions it returns.
     private func input(_ transition: (inout WorkerStateMachine) -> [Action]) {

@@ -9,14 +9,16 @@ public func withSandbox<T: Sendable>(
     settings: SandboxSettings = SandboxSettings(),
     tokens: [String: String],
     clock: any SandboxClock = SystemSandboxClock(),
+    webhooks: SandboxWebhooks? = nil,
     _ body: @Sendable (FinchSandbox, String) async throws -> T
 ) async throws -> T {
     var logger = Logger(label: "sandbox")
     logger.logLevel = .warning
-    let sandbox = FinchSandbox(settings: settings, tokens: tokens, clock: clock, logger: logger)
+    let sandbox = FinchSandbox(settings: settings, tokens: tokens, clock: clock, logger: logger, webhooks: webhooks)
     let port = Locked<Int?>(nil)
     let app = SandboxServer.application(sandbox: sandbox, port: 0, logger: logger) { bound in port.withLock { $0 = bound } }
-    let group = ServiceGroup(services: [app], logger: logger)
+    let services: [any Service] = [app] + (webhooks.map { [$0] } ?? [])
+    let group = ServiceGroup(services: services, logger: logger)
     return try await withThrowingTaskGroup(of: Void.self) { tasks in
         tasks.addTask { try await group.run() }
         do {

@@ -1,0 +1,96 @@
+import FinchAPI
+import Foundation
+@testable import JobsWorker
+import Testing
+
+/// The completion tracker's states and transitions, on times the tests choose.
+@Suite("CompletionTracker")
+struct CompletionTrackerTests {
+    let t0 = Date(timeIntervalSince1970: 1_800_000_000)
+    let key = JobKey(connectionID: "c-1", individualID: nil)
+
+    func tracker() -> CompletionTracker {
+        CompletionTracker(configuration: .init(completionTimeout: .seconds(900), pollInterval: .seconds(30), maxPollInterval: .seconds(600)))
+    }
+
+    func job(_ id: String, _ status: FinchAutomatedJob.Status) -> FinchAutomatedJob {
+        FinchAutomatedJob(jobID: id, jobURL: "u/\(id)", type: "data_sync_all", status: status, createdAt: t0, scheduledAt: t0, startedAt: t0, completedAt: status.isTerminal ? t0 : nil, individualID: nil)
+    }
+
+    @Test("A tracked job is polled only after the completion timeout, and only by its owner")
+    func pollsAfterTimeout() {
+        var t = tracker()
+        let first = t.track(jobID: "j", connectionID: "c-1", key: key, now: t0)
+        let again = t.track(jobID: "j", connectionID: "c-1", key: key, now: t0)
+        #expect(first && !again, "tracked once")
+        let early = t.duePolls(now: t0.addingTimeInterval(899)) { _ in true }
+        let others = t.duePolls(now: t0.addingTimeInterval(900)) { _ in false }
+        #expect(early.isEmpty && others.isEmpty, "not before the timeout, not another replica's")
+        let due = t.duePolls(now: t0.addingTimeInterval(900)) { _ in true }
+        #expect(due.map(\.jobID) == ["j"] && due.first?.detectedBy == .polling)
+        let during = t.duePolls(now: t0.addingTimeInterval(901)) { _ in true }
+        #expect(during.isEmpty, "not while its fetch runs")
+    }
+
+    @Test("An unfinished job is polled again with a doubling wait up to its bound; a final failure stops tracking it")
+    func backoff() {
+        var t = tracker()
+        _ = t.track(jobID: "j", connectionID: "c-1", key: key, now: t0)
+        var now = t0.addingTimeInterval(900)
+        var waits: [TimeInterval] = []
+        for _ in 0..<7 {
+            let fetch = t.duePolls(now: now) { _ in true }[0]
+            let reported = t.fetched(fetch, .notFinished, now: now)
+            #expect(reported == nil)
+            let next = t.awaited["j"]!.pollAt
+            waits.append(next.timeIntervalSince(now))
+            now = next
+        }
+        #expect(waits == [30, 60, 120, 240, 480, 600, 600])
+        let fetch = t.duePolls(now: now) { _ in true }[0]
+        let reported = t.fetched(fetch, .failed(final: true), now: now)
+        #expect(reported == nil)
+        #expect(t.awaited.isEmpty)
+    }
+
+    @Test("A webhook and a poll that cross report the job once; a repeated webhook id is ignored")
+    func exactlyOnce() throws {
+        var t = tracker()
+        _ = t.track(jobID: "j", connectionID: "c-1", key: key, now: t0)
+        let poll = t.duePolls(now: t0.addingTimeInterval(900)) { _ in true }[0]
+        let maybeHook = t.webhook(eventID: "msg_1", jobID: "j", connectionID: "c-1", now: t0.addingTimeInterval(901))
+        let hook = try #require(maybeHook)
+        let redelivered = t.webhook(eventID: "msg_1", jobID: "j", connectionID: "c-1", now: t0.addingTimeInterval(902))
+        #expect(redelivered == nil, "a redelivery")
+        let first = t.fetched(hook, .terminal(job("j", .complete)), now: t0.addingTimeInterval(902))
+        #expect(first?.detectedBy == "webhook" && first?.finchEventID == "msg_1" && first?.status == "complete")
+        let second = t.fetched(poll, .terminal(job("j", .complete)), now: t0.addingTimeInterval(903))
+        #expect(second == nil)
+        let later = t.webhook(eventID: "msg_2", jobID: "j", connectionID: "c-1", now: t0.addingTimeInterval(904))
+        #expect(later == nil, "a reported job")
+        #expect(t.isReported("j"))
+    }
+
+    @Test("A webhook for a job it never tracked is still read and reported once; memory of it ends after a day")
+    func unknownJob() throws {
+        var t = tracker()
+        let maybeHook = t.webhook(eventID: "msg_1", jobID: "k", connectionID: "c-2", now: t0)
+        let hook = try #require(maybeHook)
+        let reported = t.fetched(hook, .terminal(job("k", .reauthError)), now: t0)
+        #expect(reported?.status == "reauth_error")
+        t.expire(now: t0.addingTimeInterval(86_401))
+        #expect(!t.isReported("k"))
+    }
+
+    @Test("Restored records: awaiting jobs keep their poll time, reported ones are not polled")
+    func restore() {
+        var t = tracker()
+        t.restoreAwaited(jobID: "a", connectionID: "c-1", key: key, pollAt: t0)
+        t.restoreAwaited(jobID: "b", connectionID: "c-1", key: key, pollAt: t0)
+        t.restoreReported(jobID: "b", until: t0.addingTimeInterval(100))
+        let due = t.duePolls(now: t0) { _ in true }
+        #expect(due.map(\.jobID) == ["a"])
+        t.restoreCleared(jobID: "a")
+        #expect(t.awaited.isEmpty)
+    }
+}
