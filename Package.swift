@@ -82,6 +82,7 @@ let package = Package(
                 "FinchAPI",
                 "FinchSandbox",
                 "JobsWorker",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -34,6 +34,9 @@ public struct DemoSummary: Sendable {
         unanswered == 0 && figures.answered == validEvents && figures.deadLetters == (produced[.malformed] ?? 0)
     }
 
+    /// Created jobs without their `job.completed` yet.
+    public var uncompletedJobs: Int { figures.createdJobs.subtracting(figures.completions.keys).count }
+
     public func table() -> String {
         func list(_ counts: [String: Int]) -> String {
             counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: " · ")
@@ -51,13 +54,16 @@ public struct DemoSummary: Sendable {
             ("dead letters", "\(figures.deadLetters)" + (figures.deadLetters > 0 ? " (\(list(figures.deadLettersByReason)))" : "")),
             ("dedup ratio", ratio),
             ("event→result latency", "p50 \(p50) · p99 \(p99)"),
+            ("job completions", "\(figures.createdJobs.count - uncompletedJobs) of \(figures.createdJobs.count) created jobs (\(list(Dictionary(grouping: figures.completions.values, by: \.status).mapValues(\.count)))) · by \(list(Dictionary(grouping: figures.completions.values, by: \.detectedBy).mapValues(\.count)))"),
             ("run time", String(format: "%.1f s", elapsed.timeInterval)),
         ]
         let width = rows.map(\.0.count).max() ?? 0
         let body = rows.map { "  " + $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }
-        let verdict = accountsForEveryEvent
+        var verdict = accountsForEveryEvent
             ? "every event answered or dead-lettered"
             : "\(unanswered) event(s) not answered"
+        verdict += uncompletedJobs == 0 ? "; every created job completed and reported once" : "; \(uncompletedJobs) created job(s) without job.completed"
+        if figures.duplicateCompletions > 0 { verdict += " (\(figures.duplicateCompletions) reported twice)" }
         return (["finch-jobs demo summary"] + body + ["  " + verdict]).joined(separator: "\n")
     }
 }
@@ -82,6 +88,10 @@ public enum DemoRunner {
         stackOptions.reuseWindow = .seconds(5)
         stackOptions.sandboxPort = options.sandboxPort
         stackOptions.httpPort = options.httpPort
+        // Finch's webhooks through the receiver, one in ten lost: those jobs are polled.
+        stackOptions.webhooks = true
+        stackOptions.webhookDropRate = 0.1
+        stackOptions.completionTimeout = .seconds(5)
         // One refresh per hour, jobs that run 3 s: bursts after a job ends hit the quota.
         stackOptions.sandbox = SandboxSettings(
             allowedRefreshes: 1, window: .seconds(3_600), jobDuration: .seconds(3),
@@ -133,6 +143,17 @@ public enum DemoRunner {
                     }
                     try await Task.sleep(for: .milliseconds(20))
                 }
+                // Then for every created job's completion (a webhook, or a poll for lost ones).
+                let completionDeadline = ContinuousClock.now + .seconds(45)
+                while ContinuousClock.now < completionDeadline {
+                    let figures = collector.snapshot
+                    if figures.createdJobs.isSubset(of: figures.completions.keys) { break }
+                    if ContinuousClock.now >= nextReport {
+                        progress(status(start: start, summary: summary, figures: figures, calls: stack.sandbox.stats.enqueueCalls))
+                        nextReport += .seconds(1)
+                    }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
                 summary.elapsed = ContinuousClock.now - start
                 summary.figures = collector.snapshot
                 summary.unanswered = summary.validEvents - summary.figures.answered
@@ -147,7 +168,7 @@ public enum DemoRunner {
 
     static func status(start: ContinuousClock.Instant, summary: DemoSummary, figures: ResultCollector.Figures, calls: Int) -> String {
         let seconds = Int((ContinuousClock.now - start).components.seconds)
-        return "[\(String(format: "%3d", seconds))s] events \(summary.totalEvents) · answered \(figures.answered) · results \(figures.results) · Finch calls \(calls) · dead letters \(figures.deadLetters)"
+        return "[\(String(format: "%3d", seconds))s] events \(summary.totalEvents) · answered \(figures.answered) · results \(figures.results) · Finch calls \(calls) · dead letters \(figures.deadLetters) · completed \(figures.completions.count)/\(figures.createdJobs.count)"
     }
 }
 

@@ -1,6 +1,7 @@
 import FinchAPI
 import FinchSandbox
 import Foundation
+import Hummingbird
 import Synchronization
 import JobsWorker
 import Kafka
@@ -31,6 +32,12 @@ public struct EmbeddedStackConfiguration: Sendable {
     /// Start the worker only when ``EmbeddedStack/startWorker()`` is called (to measure a
     /// backlog that is already in Kafka).
     public var deferWorkerStart = false
+    /// Runs `finch-jobs webhooks` in the stack and has the sandbox send it signed completion
+    /// webhooks (a fraction dropped), so every created job ends with a `job.completed`.
+    public var webhooks = false
+    public var webhookDropRate = 0.0
+    /// How long jobs wait for their webhook before the worker polls them.
+    public var completionTimeout: Duration = .seconds(900)
 
     public init() {}
 }
@@ -73,12 +80,36 @@ public struct EmbeddedStack: Sendable {
 
         var quiet = logger
         quiet.logLevel = max(logger.logLevel, .warning)
-        let sandbox = FinchSandbox(settings: options.sandbox, tokens: tokens, logger: quiet)
-        let sandboxPort = Locked<Int?>(nil)
-        let sandboxApp = SandboxServer.application(sandbox: sandbox, port: options.sandboxPort, logger: quiet) { port in sandboxPort.withLock { $0 = port } }
-        let sandboxGroup = ServiceGroup(services: [sandboxApp], logger: quiet)
+        // The webhook receiver first: the sandbox needs its address.
+        var receiverServices: [any Service] = []
+        var webhooks: SandboxWebhooks?
+        let receiverPort = Locked<Int?>(nil)
+        if options.webhooks {
+            let secret = Data((0..<24).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+            var receiverConfiguration = WebhookReceiverConfiguration(bootstrapServers: cluster.bootstrapServers, secrets: [secret])
+            receiverConfiguration.topic = configuration.webhooksTopic
+            let receiver = try WebhookReceiver(configuration: receiverConfiguration, logger: quiet, metrics: PrometheusMetricsFactory(registry: PrometheusCollectorRegistry()))
+            let router = Router()
+            receiver.addRoutes(to: router)
+            let app = Application(
+                router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "finch-jobs-webhooks"),
+                onServerRunning: { channel in receiverPort.withLock { $0 = channel.localAddress?.port } }, logger: quiet
+            )
+            receiverServices = [receiver, app]
+        }
+        let receiverGroup = ServiceGroup(services: receiverServices, logger: quiet)
 
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
+            if options.webhooks { tasks.addTask { try await receiverGroup.run() } }
+            let hookPort = options.webhooks ? try await waitFor("the webhook receiver to listen") { receiverPort.value } : 0
+            if options.webhooks {
+                let secret = receiverServices.compactMap { $0 as? WebhookReceiver }.first!.configuration.secrets[0]
+                webhooks = try SandboxWebhooks(url: "http://127.0.0.1:\(hookPort)/webhooks/finch", secret: secret, dropRate: options.webhookDropRate, logger: quiet)
+            }
+            let sandbox = FinchSandbox(settings: options.sandbox, tokens: tokens, logger: quiet, webhooks: webhooks)
+            let sandboxPort = Locked<Int?>(nil)
+            let sandboxApp = SandboxServer.application(sandbox: sandbox, port: options.sandboxPort, logger: quiet) { port in sandboxPort.withLock { $0 = port } }
+            let sandboxGroup = ServiceGroup(services: [sandboxApp] + (webhooks.map { [$0] } ?? []), logger: quiet)
             tasks.addTask { try await sandboxGroup.run() }
             do {
                 let port = try await waitFor("the sandbox to listen") { sandboxPort.value }
@@ -91,6 +122,7 @@ public struct EmbeddedStack: Sendable {
                 configuration.clusterMaxCallsPerMinute = options.clusterMaxCallsPerMinute
                 configuration.maxBufferedEvents = options.maxBufferedEvents
                 configuration.statisticsInterval = .seconds(1)
+                configuration.completionTimeout = options.completionTimeout
                 let registry = PrometheusCollectorRegistry()
                 let worker = try JobsWorker(configuration: configuration, logger: logger, metrics: WorkerMetrics(factory: PrometheusMetricsFactory(registry: registry)))
                 let httpPort = Locked<Int?>(nil)
@@ -129,6 +161,7 @@ public struct EmbeddedStack: Sendable {
                     start.finish()
                     await workerGroup.triggerGracefulShutdown()
                     await sandboxGroup.triggerGracefulShutdown()
+                    await receiverGroup.triggerGracefulShutdown()
                     try await tasks.waitForAll()
                     return result
                 } catch {
@@ -138,6 +171,7 @@ public struct EmbeddedStack: Sendable {
                 }
             } catch {
                 await sandboxGroup.triggerGracefulShutdown()
+                await receiverGroup.triggerGracefulShutdown()
                 try? await tasks.waitForAll()
                 throw error
             }

@@ -25,6 +25,10 @@ public final class ResultCollector: Sendable {
         /// timestamp), without the reader's own delay.
         public var producedLatencies: [Double] = []
         public var lastResultAt: ContinuousClock.Instant?
+        /// Jobs Finch created (from `job.created` results), and `job.completed` results by job.
+        public var createdJobs: Set<String> = []
+        public var completions: [String: JobCompletion] = [:]
+        public var duplicateCompletions = 0
     }
 
     private let consumer: KafkaConsumer
@@ -67,7 +71,15 @@ public final class ResultCollector: Sendable {
                 var producedAt: [Double] = []
                 for record in records {
                     if record.topic == resultsTopic {
-                        guard let value = record.value, let result = try? decoder.decode(JobResult.self, from: Data(value)) else { continue }
+                        guard let value = record.value else { continue }
+                        if record.headers.contains(where: { $0.key == "ce_type" && $0.stringValue == "job.completed" }) {
+                            if let completion = try? decoder.decode(JobCompletion.self, from: Data(value)) {
+                                if batch.completions.updateValue(completion, forKey: completion.jobID) != nil { batch.duplicateCompletions += 1 }
+                            }
+                            continue
+                        }
+                        guard let result = try? decoder.decode(JobResult.self, from: Data(value)) else { continue }
+                        if result.type == "job.created", let job = result.jobID { batch.createdJobs.insert(job) }
                         batch.results += 1
                         batch.byType[result.type, default: 0] += 1
                         batch.byDecider[result.decidedBy, default: 0] += 1
@@ -84,6 +96,11 @@ public final class ResultCollector: Sendable {
                 let fresh = answeredIDs.withLock { answered in ids.filter { answered.insert($0).inserted }.count }
                 figures.withLock { figures in
                     figures.results += batch.results
+                    figures.createdJobs.formUnion(batch.createdJobs)
+                    for (job, completion) in batch.completions where figures.completions.updateValue(completion, forKey: job) != nil {
+                        figures.duplicateCompletions += 1
+                    }
+                    figures.duplicateCompletions += batch.duplicateCompletions
                     figures.byType.merge(batch.byType, uniquingKeysWith: +)
                     figures.byDecider.merge(batch.byDecider, uniquingKeysWith: +)
                     figures.deadLetters += batch.deadLetters
