@@ -167,4 +167,34 @@ struct WorkerProcessTests {
             await kafka.close()
         }
     }
+
+    @Test("A replica killed with SIGKILL while its jobs await completion loses none: the restarted replica polls them and each gets exactly one job.completed")
+    func completionsAcrossKill() async throws {
+        let tokens = makeTokens(20)
+        let tokensFile = try writeTokensFile(tokens)
+        try await withSandbox(settings: SandboxSettings(allowedRefreshes: 5, jobDuration: .seconds(1)), tokens: tokens) { _, url in
+            let kafka = try EmbeddedKafka(partitions: 2)
+            let group = "completions-\(kafka.topics.refresh)"
+            var replica = try startReplica(kafka, url: url, tokensFile: tokensFile, group: group, extra: ["--completion-timeout", "2s"])
+            try await kafka.produce(tokens.keys.map { (key: $0, value: TestEvents.refresh("e-\($0)", connection: $0), topic: kafka.topics.refresh) })
+            try await kafka.waitForAnswers(Set(tokens.keys.map { "e-\($0)" }), timeout: .seconds(120))
+            let jobs = Set(kafka.snapshot.results.compactMap(\.jobID))
+            #expect(jobs.count == 20)
+            replica.signal(SIGKILL)
+            _ = try await replica.waitForExit(timeout: .seconds(10))
+
+            replica = try startReplica(kafka, url: url, tokensFile: tokensFile, group: group, extra: ["--completion-timeout", "2s"])
+            func completed() -> [String] {
+                kafka.snapshot.rawResults.filter { $0.headers.contains { $0.key == "ce_type" && $0.stringValue == "job.completed" } }.compactMap { record in
+                    (try? JSONSerialization.jsonObject(with: Data(record.value ?? []))) .flatMap { ($0 as? [String: Any])?["job_id"] as? String }
+                }
+            }
+            try await waitUntil("a job.completed for every job", timeout: .seconds(120)) { Set(completed()) == jobs }
+            replica.signal(SIGTERM)
+            #expect(try await replica.waitForExit(timeout: .seconds(60)) == 0)
+            try await kafka.catchUp()
+            #expect(completed().count == 20, "exactly one per job")
+            await kafka.close()
+        }
+    }
 }

@@ -201,4 +201,56 @@ struct WebhookTests {
         }
         await kafka.close()
     }
+
+    @Test("The sandbox's deliveries verify with Finch's Python SDK (webhooks.unwrap), which also refuses a changed body")
+    func officialSDKUnwrap() async throws {
+        struct Captured: Sendable {
+            var body: [UInt8] = []
+            var headers: [String: String] = [:]
+        }
+        let captured = Locked<Captured?>(nil)
+        let router = Router()
+        router.post("/hook") { request, _ -> Response in
+            let body = try await request.body.collect(upTo: 1 << 20)
+            var headers: [String: String] = [:]
+            for field in request.headers { headers[field.name.canonicalName] = field.value }
+            captured.withLock { $0 = Captured(body: Array(body.readableBytesView), headers: headers) }
+            return Response(status: .noContent)
+        }
+        let tokens = makeTokens(1)
+        try await Application(router: router).test(.live) { client in
+            let webhooks = try SandboxWebhooks(url: "http://127.0.0.1:\(client.port!)/hook", secret: Self.secret, logger: quietLogger("deliveries"))
+            try await withSandbox(settings: SandboxSettings(jobDuration: .milliseconds(200)), tokens: tokens, webhooks: webhooks) { _, url in
+                let finch = try FinchClient(configuration: FinchClientConfiguration(baseURL: url), logger: quietLogger("finch"))
+                let result = await finch.enqueue(.w4FormEmployeeSync(individualID: "i-1"), token: FinchAccessToken("token-c-0"))
+                try await finch.shutdown()
+                guard case .created(let job) = result.outcome else {
+                    Issue.record("no job: \(result.outcome)")
+                    return
+                }
+                try await waitUntil("the completion webhook") { captured.value != nil }
+                let delivery = try #require(captured.value)
+                // The receiver's own verification accepts it too.
+                let verifier = try FinchWebhookVerifier(secrets: [Self.secret])
+                #expect(throws: Never.self) { try verifier.verify(body: delivery.body, header: { delivery.headers[$0] }) }
+
+                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("unwrap"))
+                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                let bodyFile = directory.appendingPathComponent("body"), headersFile = directory.appendingPathComponent("headers.json")
+                try Data(delivery.body).write(to: bodyFile)
+                try JSONSerialization.data(withJSONObject: delivery.headers).write(to: headersFile)
+                let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("sdk/finch_sdk_check.py")
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                process.arguments = ["python3", script.path, "--unwrap", Self.secret, bodyFile.path, headersFile.path, job.jobID]
+                let output = Pipe()
+                process.standardOutput = output
+                process.standardError = output
+                try process.run()
+                let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                process.waitUntilExit()
+                #expect(process.terminationStatus == 0 && text.trimmingCharacters(in: .whitespacesAndNewlines).hasSuffix("ok"), "\(text)")
+            }
+        }
+    }
 }

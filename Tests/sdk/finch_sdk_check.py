@@ -2,6 +2,8 @@
 
 Usage: finch_sdk_check.py BASE_URL TOKEN OTHER_TOKEN
        finch_sdk_check.py --limits BASE_URL TOKEN
+       finch_sdk_check.py --unwrap SECRET BODY_FILE HEADERS_FILE JOB_ID
+         (a delivery the sandbox made: its raw body and its headers as a JSON object)
          (a sandbox run with --app-rate-limit 2/1m --ip-rate-limit 5/5m --retry-after-header)
 Every response must parse under strict response validation (a missing required key, an
 unknown enum value or an unparseable date fails). Prints "ok" and exits 0 when all pass.
@@ -10,6 +12,27 @@ import sys
 import time
 
 import finch
+
+if sys.argv[1] == "--unwrap":
+    import json
+    secret, body_file, headers_file, job_id = sys.argv[2:6]
+    body = open(body_file, "rb").read()
+    headers = json.load(open(headers_file))
+    event = finch.Finch(access_token="unused", webhook_secret=secret).webhooks.unwrap(body, headers, secret=secret)
+    if event.event_type not in ("job.data_sync_all.completed", "job.w4_form_employee_sync.completed"):
+        print("FAILED: event_type", event.event_type)
+        sys.exit(1)
+    if event.data.job_id != job_id:
+        print("FAILED: job_id", event.data.job_id)
+        sys.exit(1)
+    try:
+        finch.Finch(access_token="unused").webhooks.unwrap(body + b" ", headers, secret=secret)
+        print("FAILED: a changed body verified")
+        sys.exit(1)
+    except ValueError:
+        pass
+    print("ok")
+    sys.exit(0)
 
 limits_mode = sys.argv[1] == "--limits"
 if limits_mode:
