@@ -67,6 +67,9 @@ struct SandboxCommand: AsyncParsableCommand {
     @Option(help: "The webhook secret (base64) that signs them. (env FINCH_JOBS_WEBHOOK_SECRET)")
     var webhookSecret: String?
 
+    @Option(help: "A file holding the webhook secret, instead of --webhook-secret. (env FINCH_JOBS_WEBHOOK_SECRET_FILE)")
+    var webhookSecretFile: String?
+
     @Option(help: "Fraction of webhooks never sent, as if lost. (env FINCH_JOBS_WEBHOOK_DROP_RATE)")
     var webhookDropRate: Double = 0
 
@@ -80,12 +83,12 @@ struct SandboxCommand: AsyncParsableCommand {
             throw ValidationError("--job-outcome must be complete, error, reauth_error or permissions_error, not \"\(jobOutcome)\".")
         }
         guard (0...1).contains(webhookDropRate) else { throw ValidationError("--webhook-drop-rate must be between 0 and 1, not \(webhookDropRate).") }
-        if webhookURL != nil || webhookSecret != nil {
+        if webhookURL != nil || webhookSecret != nil || webhookSecretFile != nil {
             guard let webhookURL, let url = URL(string: webhookURL), ["http", "https"].contains(url.scheme ?? "") else {
-                throw ValidationError("--webhook-url must be an http(s) URL when --webhook-secret is given.")
+                throw ValidationError("--webhook-url must be an http(s) URL when a webhook secret is given.")
             }
-            guard let webhookSecret, Data(base64Encoded: webhookSecret) != nil else {
-                throw ValidationError("--webhook-secret must be base64 when --webhook-url is given.")
+            guard let secret = try resolvedWebhookSecret(), Data(base64Encoded: secret) != nil else {
+                throw ValidationError("--webhook-secret (or --webhook-secret-file) must be base64 when --webhook-url is given.")
             }
         }
         guard ipBlock.duration > .zero else { throw ValidationError("--ip-block must be longer than zero.") }
@@ -107,11 +110,21 @@ struct SandboxCommand: AsyncParsableCommand {
         )
     }
 
+    /// `--webhook-secret`, else the first line of `--webhook-secret-file`.
+    func resolvedWebhookSecret() throws -> String? {
+        if let webhookSecret { return webhookSecret }
+        guard let webhookSecretFile else { return nil }
+        guard let text = try? String(contentsOfFile: webhookSecretFile, encoding: .utf8) else {
+            throw ValidationError("--webhook-secret-file \(webhookSecretFile) cannot be read.")
+        }
+        return text.split(whereSeparator: \.isNewline).first.map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+
     func run() async throws {
         let logger = logging.bootstrap()
         let tokens = try TokensFile.load(path: tokensFile)
         var webhooks: SandboxWebhooks?
-        if let webhookURL, let webhookSecret {
+        if let webhookURL, let webhookSecret = try resolvedWebhookSecret() {
             webhooks = try SandboxWebhooks(url: webhookURL, secret: webhookSecret, dropRate: webhookDropRate, logger: logger)
         }
         let sandbox = FinchSandbox(settings: settings, tokens: tokens, logger: logger, webhooks: webhooks)

@@ -46,7 +46,7 @@ struct ReadmeAndComposeTests {
 
     @Test("Every worker metric is documented in the README")
     func metricsDocumented() {
-        for name in WorkerMetrics.names {
+        for name in WorkerMetrics.names + WebhookReceiver.metricNames {
             #expect(readme.contains("`\(name)`"), "\(name) not in README")
         }
     }
@@ -56,14 +56,14 @@ struct ReadmeAndComposeTests {
         let text = try String(contentsOf: Self.root.appendingPathComponent("compose.yaml"), encoding: .utf8)
         let document = try #require(try Yams.load(yaml: text) as? [String: Any])
         let services = try #require(document["services"] as? [String: Any])
-        #expect(Set(services.keys) == ["kafka", "topics", "sandbox", "worker-1", "worker-2"])
+        #expect(Set(services.keys) == ["kafka", "topics", "sandbox", "webhooks", "worker-1", "worker-2"])
         let kafka = try #require(services["kafka"] as? [String: Any])
         #expect((kafka["image"] as? String)?.hasPrefix("apache/kafka:") == true)
         let kafkaEnvironment = try #require(kafka["environment"] as? [String: Any])
         #expect("\(kafkaEnvironment["KAFKA_PROCESS_ROLES"] ?? "")" == "broker,controller", "KRaft mode")
         let topics = try #require(services["topics"] as? [String: Any])
         let script = "\(topics["command"] ?? "")"
-        for topic in ["finch.refresh-requested", "finch.w4-changed", "finch.job-results", "finch.dead-letter", "finch.decisions"] {
+        for topic in ["finch.refresh-requested", "finch.w4-changed", "finch.job-results", "finch.dead-letter", "finch.decisions", "finch.webhooks"] {
             #expect(script.contains(topic), "\(topic) created")
         }
         #expect(script.contains("create finch.decisions 6 --config cleanup.policy=compact"), "the decision log is compacted")

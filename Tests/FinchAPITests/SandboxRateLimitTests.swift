@@ -1,6 +1,9 @@
 import FinchAPI
 @testable import FinchSandbox
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import Hummingbird
 import HummingbirdTesting
 import Logging
@@ -122,5 +125,31 @@ struct SandboxRateLimitTests {
         #expect(FinchRetryAfter.parse(milliseconds: "1e20", header: nil) == nil)
         #expect(FinchRetryAfter.parse(milliseconds: nil, header: "1e17") == nil)
         #expect(FinchRetryAfter.parse(milliseconds: "nan", header: nil) == nil)
+    }
+
+    @Test("PUT /sandbox/jobs/configuration sets how the next jobs end, as in Finch's sandbox; a bad status is refused")
+    func jobsConfiguration() async throws {
+        let clock = ManualSandboxClock()
+        try await withSandbox(settings: SandboxSettings(jobDuration: .seconds(10)), tokens: makeTokens(1), clock: clock) { _, url in
+            var request = URLRequest(url: URL(string: "\(url)/sandbox/jobs/configuration")!)
+            request.httpMethod = "PUT"
+            request.httpBody = Data(#"{"type":"data_sync_all","completion_status":"reauth_error"}"#.utf8)
+            let (_, response) = try await URLSession.shared.data(for: request)
+            #expect((response as? HTTPURLResponse)?.statusCode == 200)
+            request.httpBody = Data(#"{"completion_status":"sometimes"}"#.utf8)
+            let (_, refused) = try await URLSession.shared.data(for: request)
+            #expect((refused as? HTTPURLResponse)?.statusCode == 400)
+
+            let finch = try client(url)
+            let token = FinchAccessToken("token-c-0")
+            guard case .created(let job) = await finch.enqueue(.dataSyncAll, token: token).outcome else {
+                Issue.record("no job")
+                return
+            }
+            clock.advance(by: .seconds(11))
+            let finished = try await finch.job(id: job.jobID, token: token)
+            try await finch.shutdown()
+            #expect(finished.status == .reauthError && finished.completedAt != nil)
+        }
     }
 }
