@@ -17,6 +17,19 @@ enum DecisionLogEntry: Sendable, Hashable {
         return Decision.read(record).map { .decision($0) }
     }
 
+    /// The log key the entry is written under.
+    enum Key: Hashable, Sendable {
+        case job(JobKey), completion(String), account(String)
+    }
+
+    var key: Key {
+        switch self {
+        case .decision(let decision): .job(decision.key)
+        case .completion(let completion): .completion(completion.jobID)
+        case .account(let account): .account(account.connectionID)
+        }
+    }
+
     var replica: String? {
         switch self {
         case .decision(let decision): decision.replica

@@ -177,6 +177,9 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         }
     }
 
+    /// The events waiting for `key`'s answer.
+    package func waiters(of key: JobKey) -> [Waiter] { inFlight[key] ?? [] }
+
     /// Forgets a call in flight without an answer and returns its waiters.
     package mutating func abandon(_ key: JobKey) -> [Waiter] {
         elsewhere[key] = nil

@@ -256,17 +256,32 @@ public final class JobsWorker: Service, Sendable {
         } catch {
             throw WorkerFailure(reason: "the decision log \(topic) cannot be read (\(error)); create it with cleanup.policy=compact, or name another with --decisions-topic")
         }
+        // Bounded: a log that cannot be read to its end (a missing read ACL, a partition
+        // without a leader) stops the start with a sentence instead of hanging it.
+        let limit: Duration = .seconds(300)
+        let timer = Task {
+            guard (try? await Task.sleep(for: limit)) != nil else { return }
+            reader.close()
+        }
+        defer { timer.cancel() }
         var records: [KafkaRecord] = []
+        var caughtUp = false
         reading: for await event in reader.events {
             switch event {
             case .records(let batch): records += batch
-            case .caughtUp: break reading
+            case .caughtUp:
+                caughtUp = true
+                break reading
             case .error(let error): logger.warning("decision log read error", metadata: ["error": "\(error)"])
             }
         }
         if Task.isCancelled {
             reader.close()
             throw CancellationError()
+        }
+        guard caughtUp else {
+            reader.close()
+            throw WorkerFailure(reason: "the decision log \(topic) was not read to its end within \(DurationText.format(limit)); check that this replica may read it")
         }
         logger.info("decision log read", metadata: [
             "topic": "\(topic)", "records": "\(records.count)", "partitions": "\(reader.partitionCount)",

@@ -117,7 +117,9 @@ final class WorkerDriver: Sendable {
         let events = records.map { (record: $0, event: FinchWebhookEvent.read($0, maxBytes: configuration.maxWebhookBytes)) }
         for (_, event) in events {
             switch event {
-            case .success(let webhook): metrics.webhookEvent(type: webhook.eventType)
+            case .success(let webhook):
+                let known = FinchWebhookEvent.completionTypes.contains(webhook.eventType) || webhook.eventType == "account.updated"
+                metrics.webhookEvent(type: known ? webhook.eventType : "other")
             case .failure: metrics.webhookEvent(type: "invalid")
             }
         }
@@ -131,7 +133,9 @@ final class WorkerDriver: Sendable {
         let outcome: CompletionTracker.Fetched
         if let token = tokens.token(for: fetch.connectionID) {
             do {
-                try await limiter.acquire()
+                // Bounded: a fetch that cannot start soon answers its webhook record and is
+                // polled later, rather than hold the record's partition.
+                try await limiter.acquire(deadline: .now + .seconds(30))
                 do {
                     let job = try await finch.job(id: fetch.jobID, token: token)
                     limiter.release(.answered)
@@ -181,7 +185,8 @@ final class WorkerDriver: Sendable {
 
     /// Gives the limiter this replica's share of the call budget.
     private func updateShare(adding added: [TopicPartition] = [], removing removed: [TopicPartition] = []) {
-        let inputs = Set(configuration.inputTopics)
+        // Input partitions and webhooks partitions: calls (and polls) are made for both.
+        let inputs = Set(configuration.inputTopics + [configuration.webhooksTopic])
         let (owned, total) = ownership.withLock { ownership in
             ownership.owned.formUnion(added.filter { inputs.contains($0.topic) })
             ownership.owned.subtract(removed)
@@ -475,6 +480,13 @@ final class WorkerDriver: Sendable {
                 if let timestamp = event.timestampMilliseconds { metrics.eventToResult(seconds: now - Double(timestamp) / 1_000) }
             }
         case .completion(let completion):
+            // Remembered as reported only once published: a crash in between reports it again
+            // (at least once), never not at all.
+            let reported = CompletionRecord(
+                jobID: completion.jobID, connectionID: completion.connectionID, key: nil,
+                state: .reported(until: now().addingTimeInterval(86_400)), replica: replicaID
+            )
+            recordDecision(.completion(reported), then: [])
             metrics.completion(detectedBy: completion.detectedBy, status: completion.status)
             logger.info("job completion reported", metadata: [
                 "connection_id": "\(completion.connectionID)", "job_id": "\(completion.jobID)", "status": "\(completion.status)", "detected_by": "\(completion.detectedBy)",
@@ -521,7 +533,7 @@ final class WorkerDriver: Sendable {
             attempts += 1
             // Other replicas that come to own this key wait for this call until its deadline
             // instead of calling too. Not waited for: losing it costs a call at most.
-            let deadline = self.now().addingTimeInterval((configuration.requestTimeout + .seconds(5)).timeInterval)
+            let deadline = self.now().addingTimeInterval((configuration.requestTimeout + configuration.retry.maxBackoff + .seconds(5)).timeInterval)
             recordDecision(.decision(Decision(key: key, state: .inFlight(until: deadline), replica: replicaID)), then: [])
             let result = await finch.enqueue(key.request, token: token)
             last = result

@@ -311,12 +311,16 @@ struct WorkerStateMachine: Sendable {
     /// log remembers it as reported); otherwise the job is polled again later.
     mutating func jobFetched(_ fetch: CompletionTracker.Fetch, _ outcome: CompletionTracker.Fetched, events: [PendingEvent], now: Date) -> [Action] {
         let current = events.filter { tracker.isCurrent($0.position) }
-        guard let completion = completions?.fetched(fetch, outcome, now: now) else { return acknowledged(current) }
-        let publish = Action.publish(Publication(content: .completion(completion), events: current))
-        guard let log = configuration.decisionLog, let settings = configuration.completions else { return [publish] }
-        let until = now.addingTimeInterval(settings.tracker.memory.timeInterval)
-        let record = CompletionRecord(jobID: fetch.jobID, connectionID: completion.connectionID, key: nil, state: .reported(until: until), replica: log.replicaID)
-        return [.recordDecision(.completion(record), then: [publish])]
+        guard let completion = completions?.fetched(fetch, outcome, now: now) else {
+            var actions: [Action] = []
+            if case .failed(final: true) = outcome, let log = configuration.decisionLog {
+                // Nobody polls it any more: clear it from the log, for every replica.
+                actions.append(.recordDecision(.completion(CompletionRecord(jobID: fetch.jobID, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), then: []))
+            }
+            return actions + acknowledged(current)
+        }
+        // The driver records it as reported once Kafka acknowledged it.
+        return [.publish(Publication(content: .completion(completion), events: current))]
     }
 
     // MARK: - Finch calls
@@ -369,6 +373,14 @@ struct WorkerStateMachine: Sendable {
 
     mutating func restored(_ entries: [DecisionLogEntry], now: Date, startup: Bool) -> [Action] {
         guard let log = configuration.decisionLog else { return [] }
+        var entries = entries
+        if startup {
+            // Only each key's newest entry counts: the log, before compaction, still holds
+            // older ones, and clearing one of those would erase the newer after it.
+            var newest: [DecisionLogEntry.Key: Int] = [:]
+            for (index, entry) in entries.enumerated() { newest[entry.key] = index }
+            entries = entries.enumerated().filter { newest[$0.element.key] == $0.offset }.map(\.element)
+        }
         var actions: [Action] = []
         for entry in entries where entry.replica != log.replicaID {
             decisionsRestored += 1
@@ -379,7 +391,14 @@ struct WorkerStateMachine: Sendable {
             case .completion(let record):
                 switch record.state {
                 case .awaiting(let pollAt):
-                    if let connection = record.connectionID { completions?.restoreAwaited(jobID: record.jobID, connectionID: connection, key: record.key, pollAt: pollAt) }
+                    if completions?.isReported(record.jobID) == true, !startup, let settings = configuration.completions {
+                        // Written after the job was reported: say so again, or a replica that
+                        // starts later would poll and report it twice.
+                        let again = CompletionRecord(jobID: record.jobID, connectionID: record.connectionID, key: nil, state: .reported(until: now.addingTimeInterval(settings.tracker.memory.timeInterval)), replica: log.replicaID)
+                        actions.append(.recordDecision(.completion(again), then: []))
+                    } else if let connection = record.connectionID {
+                        completions?.restoreAwaited(jobID: record.jobID, connectionID: connection, key: record.key, pollAt: pollAt)
+                    }
                 case .reported(let until):
                     if until > now {
                         completions?.restoreReported(jobID: record.jobID, until: until)
@@ -418,10 +437,21 @@ struct WorkerStateMachine: Sendable {
                     actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: retryAt), replica: log.replicaID)), then: []))
                 }
             case .cleared(let expired):
-                if dedup.restoreCleared(key, expired: expired) { actions.append(.call(key)) }
+                if dedup.restoreCleared(key, expired: expired) { actions += callsForCurrentWaiters([key]) }
             }
         }
         return actions
+    }
+
+    /// The keys whose wait for another replica ended and whose events are still this
+    /// replica's: a call each. Keys whose events all moved to another replica are dropped
+    /// (their new owner decides for them).
+    private mutating func callsForCurrentWaiters(_ keys: [JobKey]) -> [Action] {
+        keys.compactMap { key in
+            if dedup.waiters(of: key).contains(where: { tracker.isCurrent($0.position) }) { return .call(key) }
+            _ = dedup.abandon(key)
+            return nil
+        }
     }
 
     /// Events that waited for another replica's call, answered by its decision.
@@ -544,7 +574,7 @@ struct WorkerStateMachine: Sendable {
     /// and calls for the keys whose wait for another replica's call passed its deadline.
     mutating func tick(now: Date) -> [Action] {
         dedup.expire(now: now)
-        var actions = dedup.expireCallsElsewhere(now: now).map { Action.call($0) }
+        var actions = callsForCurrentWaiters(dedup.expireCallsElsewhere(now: now))
         if var tracker = completions, let settings = configuration.completions {
             let tracked = self.tracker
             let fetches = tracker.duePolls(now: now) { connection in

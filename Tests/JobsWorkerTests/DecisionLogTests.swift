@@ -230,4 +230,60 @@ struct DecisionLogTests {
         #expect((try? Decision.read(record).get())?.key == JobKey(connectionID: "c-1", individualID: "i-9"))
         #expect(!validator.validate(Data(#"{"version":1,"state":"job","connection_id":"c-1","until":"2026-11-29T10:00:00Z"}"#.utf8)).isEmpty, "a job needs its id")
     }
+
+    // MARK: - Found in review
+
+    @Test("At startup only each key's newest record counts: an older in-flight or expired record is never cleared after a newer decision")
+    func startupNewestOnly() {
+        var m = machine()
+        let actions = m.restored([
+            Decision(key: refreshKey, state: .inFlight(until: t0.addingTimeInterval(-100)), replica: "old"),
+            Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(-50)), replica: "old"),
+            Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(600)), replica: "old"),
+        ], now: t0, startup: true)
+        #expect(decisions(actions).isEmpty, "nothing cleared: the newest is live")
+        #expect(results(m.admit([refresh("e-1", offset: 0)], now: t0)).map(\.decidedBy) == ["reuse_window"])
+    }
+
+    @Test("When another replica's call ends without a decision but our waiting events moved away, no call is made")
+    func noCallForEventsMovedAway() {
+        var m = machine()
+        _ = m.restored([Decision(key: refreshKey, state: .inFlight(until: t0.addingTimeInterval(30)), replica: "other")], now: t0, startup: false)
+        _ = m.admit([refresh("e-1", offset: 0)], now: t0)
+        _ = m.lost([p0])
+        #expect(calls(m.tick(now: t0.addingTimeInterval(31))).isEmpty)
+        _ = m.assigned([p0])
+        #expect(calls(m.admit([refresh("e-2", offset: 5)], now: t0.addingTimeInterval(32))) == [refreshKey], "the key is free again")
+    }
+
+    func completionMachine() -> WorkerStateMachine {
+        var m = WorkerStateMachine(configuration: .init(
+            maxBufferedEvents: 1_000, reuseWindow: .seconds(60), dedupCapacity: 1_000, decisionLog: .init(replicaID: "me"),
+            completions: .init(tracker: .init(completionTimeout: .seconds(900)), webhooksTopic: "hooks", webhookPartitions: 1)
+        ))
+        _ = m.assigned([p0, TopicPartition(topic: "hooks", partition: 0)])
+        return m
+    }
+
+    func completionRecords(_ actions: [Action]) -> [CompletionRecord] {
+        actions.compactMap { if case .recordDecision(.completion(let record), _) = $0 { record } else { nil } }
+    }
+
+    @Test("A created job is awaited in the log; a poll that cannot help any more clears it; an awaiting record written after the job was reported is answered with reported again")
+    func completionRecordsWritten() {
+        var m = completionMachine()
+        _ = m.admit([refresh("e-1", offset: 0)], now: t0)
+        let created = m.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0)
+        #expect(completionRecords(created).map(\.state) == [.awaiting(pollAt: t0.addingTimeInterval(900))])
+        let polls = m.tick(now: t0.addingTimeInterval(900)).compactMap { if case .fetchJob(let fetch, _) = $0 { fetch } else { nil } }
+        #expect(polls.map(\.jobID) == [job.jobID])
+        let gaveUp = m.jobFetched(polls[0], .failed(final: true), events: [], now: t0.addingTimeInterval(901))
+        #expect(completionRecords(gaveUp).map(\.state) == [.cleared])
+
+        var n = completionMachine()
+        _ = n.restored([.completion(CompletionRecord(jobID: "j-9", connectionID: "c-1", key: nil, state: .reported(until: t0.addingTimeInterval(600)), replica: "other"))], now: t0, startup: false)
+        let late = n.restored([.completion(CompletionRecord(jobID: "j-9", connectionID: "c-1", key: nil, state: .awaiting(pollAt: t0), replica: "creator"))], now: t0, startup: false)
+        #expect(completionRecords(late).map(\.jobID) == ["j-9"])
+        if case .reported = completionRecords(late).first?.state {} else { Issue.record("not reported again") }
+    }
 }
