@@ -91,7 +91,7 @@ public final class JobsWorker: Service, Sendable {
             logger.warning("output topic not ready at startup; its first records may wait for Kafka's metadata", metadata: ["topic": "\(topic)", "error": "\(error)"])
         }
         // The input topics' partition count: the denominator of this replica's call budget share.
-        let partitionTotal = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics, logger: logger)
+        let partitionTotal = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics + [configuration.webhooksTopic], logger: logger)
         // The webhooks topic's partitions: which replica polls a connection's jobs.
         let webhookPartitions: Int
         switch await producer.partitionCounts(topics: [configuration.webhooksTopic], timeout: .seconds(10))[configuration.webhooksTopic] {
@@ -167,7 +167,7 @@ public final class JobsWorker: Service, Sendable {
                 // Partitions added to the input topics change every replica's share.
                 group.addTask {
                     while (try? await Task.sleep(for: .seconds(30))) != nil {
-                        if let total = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics, logger: self.logger) {
+                        if let total = await Self.inputPartitions(producer: producer, topics: configuration.inputTopics + [configuration.webhooksTopic], logger: self.logger) {
                             driver.setPartitionTotal(total)
                         }
                         metrics.decisionLogLag(decisionLog.lag)
