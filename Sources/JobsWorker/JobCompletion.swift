@@ -56,14 +56,9 @@ public struct JobCompletion: Codable, Sendable, Hashable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let value = (try? encoder.encode(self)).map(Array.init) ?? []
-        return KafkaProducerRecord(topic: topic, key: Array(connectionID.utf8), value: value, headers: [
-            KafkaHeader(key: "ce_specversion", string: "1.0"),
-            KafkaHeader(key: "ce_id", string: resultID),
-            KafkaHeader(key: "ce_type", string: type),
-            KafkaHeader(key: "ce_source", string: source),
-            KafkaHeader(key: "ce_subject", string: connectionID),
-            KafkaHeader(key: "ce_time", string: occurredAt),
-            KafkaHeader(key: "content-type", string: "application/json"),
-        ])
+        return KafkaProducerRecord(
+            topic: topic, key: Array(connectionID.utf8), value: value,
+            headers: JobResult.cloudEventHeaders(id: resultID, type: type, source: source, subject: connectionID, time: occurredAt)
+        )
     }
 }

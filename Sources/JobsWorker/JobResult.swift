@@ -89,16 +89,21 @@ public struct JobResult: Codable, Sendable, Hashable {
             topic: topic,
             key: Array(connectionID.utf8),
             value: value,
-            headers: [
-                KafkaHeader(key: "ce_specversion", string: "1.0"),
-                KafkaHeader(key: "ce_id", string: resultID),
-                KafkaHeader(key: "ce_type", string: type),
-                KafkaHeader(key: "ce_source", string: source),
-                KafkaHeader(key: "ce_subject", string: connectionID),
-                KafkaHeader(key: "ce_time", string: occurredAt),
-                KafkaHeader(key: "content-type", string: "application/json"),
-            ]
+            headers: Self.cloudEventHeaders(id: resultID, type: type, source: source, subject: connectionID, time: occurredAt)
         )
+    }
+
+    /// CloudEvents' Kafka binding, binary mode: the attributes as `ce_` headers.
+    static func cloudEventHeaders(id: String, type: String, source: String, subject: String, time: String) -> [KafkaHeader] {
+        [
+            KafkaHeader(key: "ce_specversion", string: "1.0"),
+            KafkaHeader(key: "ce_id", string: id),
+            KafkaHeader(key: "ce_type", string: type),
+            KafkaHeader(key: "ce_source", string: source),
+            KafkaHeader(key: "ce_subject", string: subject),
+            KafkaHeader(key: "ce_time", string: time),
+            KafkaHeader(key: "content-type", string: "application/json"),
+        ]
     }
 }
 

@@ -218,14 +218,7 @@ struct WorkerStateMachine: Sendable {
         var local: [JobKey: (answer: JobAnswer, decidedBy: DecidedBy, events: [PendingEvent])] = [:]
         var localOrder: [JobKey] = []
         for (record, decoded) in batch {
-            let position: RecordPosition
-            switch tracker.receive(record.topicPartition, offset: record.offset) {
-            case .accepted(let accepted): position = accepted
-            case .rewound(let accepted, let expected):
-                position = accepted
-                actions.append(.rewound(record.topicPartition, offset: record.offset, expected: expected))
-            case .duplicate, .unassigned: continue
-            }
+            guard let position = receive(record, reporting: &actions) else { continue }
             switch decoded {
             case .failure(let reason):
                 let event = PendingEvent(eventID: "", position: position, timestampMilliseconds: nil)
@@ -261,6 +254,20 @@ struct WorkerStateMachine: Sendable {
         return actions + flowControl()
     }
 
+    /// Tracks a consumed record: its position, or `nil` for a duplicate or a record of a
+    /// partition no longer assigned (a record below the position is reported, then tracked).
+    private mutating func receive(_ record: KafkaRecord, reporting actions: inout [Action]) -> RecordPosition? {
+        switch tracker.receive(record.topicPartition, offset: record.offset) {
+        case .accepted(let accepted):
+            return accepted
+        case .rewound(let accepted, let expected):
+            actions.append(.rewound(record.topicPartition, offset: record.offset, expected: expected))
+            return accepted
+        case .duplicate, .unassigned:
+            return nil
+        }
+    }
+
     // MARK: - Webhooks and completions
 
     /// Records of the webhooks topic. A job completion webhook leads to a fetch of the job
@@ -270,14 +277,7 @@ struct WorkerStateMachine: Sendable {
         var actions: [Action] = []
         var done: [PendingEvent] = []
         for (record, event) in batch {
-            let position: RecordPosition
-            switch tracker.receive(record.topicPartition, offset: record.offset) {
-            case .accepted(let accepted): position = accepted
-            case .rewound(let accepted, let expected):
-                position = accepted
-                actions.append(.rewound(record.topicPartition, offset: record.offset, expected: expected))
-            case .duplicate, .unassigned: continue
-            }
+            guard let position = receive(record, reporting: &actions) else { continue }
             let pending = PendingEvent(eventID: "", position: position, timestampMilliseconds: record.timestampMilliseconds)
             switch event {
             case .failure(let reason):

@@ -167,15 +167,24 @@ struct WorkerOptions: ParsableArguments {
         configuration.retry.maxAttempts = maxAttempts
         configuration.retry.budget = retryBudget.duration
         configuration.retry.rateLimitBudget = rateLimitRetryBudget.duration
-        for (index, entry) in kafkaConfig.enumerated() {
-            guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
-                // Not echoed: a misplaced value may be a secret.
-                throw WorkerConfigurationError("--kafka-config entry \(index + 1) is not key=value.")
-            }
-            configuration.kafkaProperties[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
-        }
+        configuration.kafkaProperties = try Self.kafkaProperties(kafkaConfig)
         guard (0...65_535).contains(httpPort) else { throw WorkerConfigurationError("--http-port must be between 0 and 65535, not \(httpPort).") }
         try configuration.validate()
         return configuration
+    }
+}
+
+extension WorkerOptions {
+    /// `--kafka-config key=value` entries as properties; an entry that is not key=value is
+    /// named by its position, never echoed (a misplaced value may be a secret).
+    static func kafkaProperties(_ entries: [String]) throws(WorkerConfigurationError) -> [String: String] {
+        var properties: [String: String] = [:]
+        for (index, entry) in entries.enumerated() {
+            guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
+                throw WorkerConfigurationError("--kafka-config entry \(index + 1) is not key=value.")
+            }
+            properties[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
+        }
+        return properties
     }
 }

@@ -56,11 +56,10 @@ struct WebhooksCommand: AsyncParsableCommand {
         configuration.topic = webhooksTopic
         configuration.maxBodyBytes = maxBodyBytes
         configuration.deliveryTimeout = deliveryTimeout.duration
-        for (index, entry) in kafkaConfig.enumerated() {
-            guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else {
-                throw ValidationError("--kafka-config entry \(index + 1) is not key=value.")
-            }
-            configuration.kafkaProperties[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
+        do {
+            configuration.kafkaProperties = try WorkerOptions.kafkaProperties(kafkaConfig)
+        } catch {
+            throw ValidationError(error.description)
         }
         guard (0...65_535).contains(port) else { throw ValidationError("--port must be between 0 and 65535, not \(port).") }
         do {
