@@ -87,7 +87,7 @@ public final class JobsWorker: Service, Sendable {
             .record(topic: configuration.resultsTopic, source: configuration.resultSource)
         // Output topics' metadata first, so the first result is not held for librdkafka's
         // 1 s metadata timer; the group is joined (and readiness reached) only after.
-        for (topic, error) in await producer.warmUp(topics: [configuration.resultsTopic, configuration.deadLetterTopic]) {
+        for (topic, error) in await producer.warmUp(topics: [configuration.resultsTopic, configuration.deadLetterTopic, configuration.decisionsTopic]) {
             logger.warning("output topic not ready at startup; its first records may wait for Kafka's metadata", metadata: ["topic": "\(topic)", "error": "\(error)"])
         }
         // The input topics' partition count: the denominator of this replica's call budget share.

@@ -575,17 +575,17 @@ struct WorkerStateMachine: Sendable {
     mutating func tick(now: Date) -> [Action] {
         dedup.expire(now: now)
         var actions = callsForCurrentWaiters(dedup.expireCallsElsewhere(now: now))
-        if var tracker = completions, let settings = configuration.completions {
+        if completions != nil, let settings = configuration.completions {
+            // Mutated in place (a copy would copy its dictionaries under the lock).
             let tracked = self.tracker
-            let fetches = tracker.duePolls(now: now) { connection in
+            let fetches = completions!.duePolls(now: now) { connection in
                 let partition = KafkaPartitioner.partition(forKey: Array(connection.utf8), partitionCount: settings.webhookPartitions)
                 return tracked.isAssigned(TopicPartition(topic: settings.webhooksTopic, partition: partition))
             }
             if now.timeIntervalSince(lastCompletionExpiry) >= 60 {
-                tracker.expire(now: now)
+                completions!.expire(now: now)
                 lastCompletionExpiry = now
             }
-            completions = tracker
             actions += fetches.map { .fetchJob($0, events: []) }
         }
         if let log = configuration.decisionLog {
