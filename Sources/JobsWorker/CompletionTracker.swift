@@ -45,6 +45,8 @@ struct CompletionTracker: Sendable {
     let configuration: Configuration
     private(set) var awaited: [String: Awaited] = [:]
     private var reported: [String: Date] = [:]
+    /// Reported jobs this process reported: it clears them from the log when they expire.
+    private var ownReported: Set<String> = []
     private var seenEvents: [String: Date] = [:]
 
     init(configuration: Configuration) {
@@ -74,6 +76,7 @@ struct CompletionTracker: Sendable {
     /// Restores a reported job from the log: it is not awaited any more.
     mutating func restoreReported(jobID: String, until: Date) {
         awaited[jobID] = nil
+        ownReported.remove(jobID)
         reported[jobID] = max(reported[jobID] ?? .distantPast, until)
     }
 
@@ -113,6 +116,7 @@ struct CompletionTracker: Sendable {
             let connection = awaited[fetch.jobID]?.connectionID ?? fetch.connectionID
             awaited[fetch.jobID] = nil
             reported[fetch.jobID] = now.addingTimeInterval(configuration.memory.timeInterval)
+            ownReported.insert(fetch.jobID)
             return JobCompletion(job: job, connectionID: connection, detectedBy: fetch.detectedBy, finchEventID: fetch.finchEventID, at: now)
         case .notFinished, .failed(final: false):
             guard var job = awaited[fetch.jobID] else { return nil }
@@ -128,9 +132,15 @@ struct CompletionTracker: Sendable {
         }
     }
 
-    /// Forgets reported jobs and seen events past their memory.
-    mutating func expire(now: Date) {
-        if !reported.isEmpty { reported = reported.filter { $0.value > now } }
+    /// Forgets reported jobs and seen events past their memory. Returns the expired jobs this
+    /// process reported: their records are its to clear from the log.
+    mutating func expire(now: Date) -> [String] {
+        var cleared: [String] = []
+        if !reported.isEmpty {
+            for (jobID, until) in reported where until <= now && ownReported.remove(jobID) != nil { cleared.append(jobID) }
+            reported = reported.filter { $0.value > now }
+        }
         if !seenEvents.isEmpty { seenEvents = seenEvents.filter { $0.value > now } }
+        return cleared
     }
 }

@@ -583,8 +583,11 @@ struct WorkerStateMachine: Sendable {
                 return tracked.isAssigned(TopicPartition(topic: settings.webhooksTopic, partition: partition))
             }
             if now.timeIntervalSince(lastCompletionExpiry) >= 60 {
-                completions!.expire(now: now)
+                let expired = completions!.expire(now: now)
                 lastCompletionExpiry = now
+                if let log = configuration.decisionLog {
+                    actions += expired.map { .recordDecision(.completion(CompletionRecord(jobID: $0, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), then: []) }
+                }
             }
             actions += fetches.map { .fetchJob($0, events: []) }
         }

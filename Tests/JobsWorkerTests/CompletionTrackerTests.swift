@@ -78,8 +78,14 @@ struct CompletionTrackerTests {
         let hook = try #require(maybeHook)
         let reported = t.fetched(hook, .terminal(job("k", .reauthError)), now: t0)
         #expect(reported?.status == "reauth_error")
-        t.expire(now: t0.addingTimeInterval(86_401))
+        let cleared = t.expire(now: t0.addingTimeInterval(86_401))
         #expect(!t.isReported("k"))
+        #expect(cleared == ["k"], "this process reported it: its record is this process's to clear")
+
+        var other = tracker()
+        other.restoreReported(jobID: "r", until: t0.addingTimeInterval(10))
+        let notOurs = other.expire(now: t0.addingTimeInterval(11))
+        #expect(notOurs.isEmpty, "another replica's report is cleared by that replica")
     }
 
     @Test("Restored records: awaiting jobs keep their poll time, reported ones are not polled")
