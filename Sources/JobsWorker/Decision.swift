@@ -70,28 +70,6 @@ struct Decision: Sendable, Hashable {
 
     // MARK: - Writing
 
-    /// Any JSON object with a version: what must hold before the rest is read.
-    private struct Versioned: Decodable {
-        var version: Int
-    }
-
-    private struct Value: Codable {
-        var version: Int
-        var state: String
-        var connectionID: String
-        var individualID: String?
-        var until: String
-        var jobID: String?
-        var jobURL: String?
-        var replica: String?
-        var writtenAt: String?
-
-        enum CodingKeys: String, CodingKey {
-            case version, state, until, replica
-            case connectionID = "connection_id", individualID = "individual_id", jobID = "job_id", jobURL = "job_url", writtenAt = "written_at"
-        }
-    }
-
     /// The Kafka record for this decision on `topic`.
     func record(topic: String, now: Date) -> KafkaProducerRecord {
         let key = Array(Self.kafkaKey(self.key).utf8)
@@ -101,19 +79,14 @@ struct Decision: Sendable, Hashable {
         case .job(let reference, let expiry): (name, until, job) = ("job", expiry, reference)
         case .rateLimited(let retryAt, let lastJob): (name, until, job) = ("rate_limited", retryAt, lastJob)
         case .cleared(let expired):
-            var headers = expired.map { [KafkaHeader(key: Self.untilHeader, string: FinchDate.format($0))] } ?? []
-            if let replica { headers.append(KafkaHeader(key: Self.replicaHeader, string: replica)) }
-            return KafkaProducerRecord(topic: topic, key: key, value: nil, headers: headers)
+            let headers = expired.map { [KafkaHeader(key: Self.untilHeader, string: FinchDate.format($0))] } ?? []
+            return KafkaProducerRecord(topic: topic, key: key, value: nil, headers: headers + DecisionLogEntry.tombstoneHeaders(replica: replica))
         }
-        let value = Value(
+        let value = DecisionLogEntry.Value(
             version: Self.version, state: name, connectionID: self.key.connectionID, individualID: self.key.individualID,
             until: FinchDate.format(until), jobID: job?.jobID, jobURL: job?.jobURL, replica: replica, writtenAt: FinchDate.format(now)
         )
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Strings and integers only: encoding cannot fail.
-        let bytes = (try? encoder.encode(value)).map(Array.init) ?? []
-        return KafkaProducerRecord(topic: topic, key: key, value: bytes)
+        return KafkaProducerRecord(topic: topic, key: key, value: DecisionLogEntry.encode(value))
     }
 
     // MARK: - Reading
@@ -125,15 +98,15 @@ struct Decision: Sendable, Hashable {
         else { return .failure(.invalidKey) }
         guard let bytes = record.value else {
             let until = record.headers.last { $0.key == untilHeader }.flatMap(\.stringValue).flatMap(FinchDate.parse)
-            let replica = record.headers.last { $0.key == replicaHeader }.flatMap(\.stringValue)
-            return .success(Decision(key: key, state: .cleared(until: until), replica: replica))
+            return .success(Decision(key: key, state: .cleared(until: until), replica: DecisionLogEntry.tombstoneReplica(record)))
         }
-        let data = Data(bytes)
-        guard let versioned = try? JSONDecoder().decode(Versioned.self, from: data) else { return .failure(.invalidJSON) }
-        guard versioned.version == version else { return .failure(.unknownVersion) }
-        guard let value = try? JSONDecoder().decode(Value.self, from: data) else { return .failure(.invalidField) }
+        let value: DecisionLogEntry.Value
+        switch DecisionLogEntry.decode(bytes) {
+        case .success(let decoded): value = decoded
+        case .failure(let invalid): return .failure(invalid)
+        }
         guard value.connectionID == key.connectionID, value.individualID == key.individualID else { return .failure(.keyMismatch) }
-        guard let until = FinchDate.parse(value.until) else { return .failure(.invalidField) }
+        guard let until = value.until.flatMap(FinchDate.parse) else { return .failure(.invalidField) }
         let job = value.jobID.map { FinchJobReference(jobID: $0, jobURL: value.jobURL) }
         let state: State
         switch value.state {

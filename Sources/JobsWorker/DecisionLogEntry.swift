@@ -38,32 +38,49 @@ enum DecisionLogEntry: Sendable, Hashable {
         }
     }
 
-    fileprivate struct Value: Codable {
+    /// The JSON value of every kind of record (`schemas/decision.v1.json`); absent fields are
+    /// not written.
+    struct Value: Codable {
         var version: Int
         var state: String
         var connectionID: String
         var individualID: String?
         var jobType: String?
         var until: String?
+        var jobID: String?
+        var jobURL: String?
         var replica: String?
+        var writtenAt: String?
 
         enum CodingKeys: String, CodingKey {
             case version, state, until, replica
             case connectionID = "connection_id", individualID = "individual_id", jobType = "job_type"
+            case jobID = "job_id", jobURL = "job_url", writtenAt = "written_at"
         }
     }
 
-    fileprivate struct Versioned: Decodable {
+    /// Any JSON object with a version: what must hold before the rest is read.
+    private struct Versioned: Decodable {
         var version: Int
     }
 
-    fileprivate static func encode(_ value: Value) -> [UInt8] {
+    /// A tombstone's headers: who wrote it, so that process skips it when it comes back.
+    static func tombstoneHeaders(replica: String?) -> [KafkaHeader] {
+        replica.map { [KafkaHeader(key: Decision.replicaHeader, string: $0)] } ?? []
+    }
+
+    static func tombstoneReplica(_ record: KafkaRecord) -> String? {
+        record.headers.last { $0.key == Decision.replicaHeader }.flatMap(\.stringValue)
+    }
+
+    static func encode(_ value: Value) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return (try? encoder.encode(value)).map(Array.init) ?? []
     }
 
-    fileprivate static func decode(_ bytes: [UInt8]) -> Result<Value, Decision.Invalid> {
+    /// Reads a value: JSON with a known version first, then the fields.
+    static func decode(_ bytes: [UInt8]) -> Result<Value, Decision.Invalid> {
         let data = Data(bytes)
         guard let versioned = try? JSONDecoder().decode(Versioned.self, from: data) else { return .failure(.invalidJSON) }
         guard versioned.version == Decision.version else { return .failure(.unknownVersion) }
@@ -97,7 +114,7 @@ struct CompletionRecord: Sendable, Hashable {
         case .awaiting(let pollAt): (name, until) = ("awaiting", pollAt)
         case .reported(let remembered): (name, until) = ("reported", remembered)
         case .cleared:
-            return KafkaProducerRecord(topic: topic, key: kafkaKey, value: nil, headers: replica.map { [KafkaHeader(key: Decision.replicaHeader, string: $0)] } ?? [])
+            return KafkaProducerRecord(topic: topic, key: kafkaKey, value: nil, headers: DecisionLogEntry.tombstoneHeaders(replica: replica))
         }
         let value = DecisionLogEntry.Value(
             version: Decision.version, state: name, connectionID: connectionID ?? "", individualID: key?.individualID,
@@ -110,8 +127,7 @@ struct CompletionRecord: Sendable, Hashable {
         let jobID = String(key.dropFirst(prefix.count))
         guard !jobID.isEmpty else { return .failure(.invalidKey) }
         guard let bytes = record.value else {
-            let replica = record.headers.last { $0.key == Decision.replicaHeader }.flatMap(\.stringValue)
-            return .success(CompletionRecord(jobID: jobID, connectionID: nil, key: nil, state: .cleared, replica: replica))
+            return .success(CompletionRecord(jobID: jobID, connectionID: nil, key: nil, state: .cleared, replica: DecisionLogEntry.tombstoneReplica(record)))
         }
         let value: DecisionLogEntry.Value
         switch DecisionLogEntry.decode(bytes) {
@@ -146,7 +162,7 @@ struct AccountRecord: Sendable, Hashable {
     func record(topic: String) -> KafkaProducerRecord {
         let kafkaKey = Array((Self.prefix + connectionID).utf8)
         guard needsReauthentication else {
-            return KafkaProducerRecord(topic: topic, key: kafkaKey, value: nil, headers: replica.map { [KafkaHeader(key: Decision.replicaHeader, string: $0)] } ?? [])
+            return KafkaProducerRecord(topic: topic, key: kafkaKey, value: nil, headers: DecisionLogEntry.tombstoneHeaders(replica: replica))
         }
         let value = DecisionLogEntry.Value(version: Decision.version, state: "reauthentication_required", connectionID: connectionID, replica: replica)
         return KafkaProducerRecord(topic: topic, key: kafkaKey, value: DecisionLogEntry.encode(value))
@@ -156,8 +172,7 @@ struct AccountRecord: Sendable, Hashable {
         let connection = String(key.dropFirst(prefix.count))
         guard !connection.isEmpty else { return .failure(.invalidKey) }
         guard let bytes = record.value else {
-            let replica = record.headers.last { $0.key == Decision.replicaHeader }.flatMap(\.stringValue)
-            return .success(AccountRecord(connectionID: connection, needsReauthentication: false, replica: replica))
+            return .success(AccountRecord(connectionID: connection, needsReauthentication: false, replica: DecisionLogEntry.tombstoneReplica(record)))
         }
         switch DecisionLogEntry.decode(bytes) {
         case .success(let value):
