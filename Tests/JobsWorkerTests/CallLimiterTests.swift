@@ -199,7 +199,27 @@ struct CallLimiterTests {
         #expect(m.inFlight == 0)
     }
 
+    @Test("A waiter whose deadline passes is refused with timedOut; a granted one is not affected")
+    func deadline() {
+        var m = machine(maxInFlight: 1)
+        _ = m.acquire(1, now: t0)
+        _ = m.acquire(2, now: t0)
+        #expect(m.deadlinePassed(1).isEmpty, "already granted")
+        #expect(m.deadlinePassed(2) == [.refuse(2, .timedOut)])
+        #expect(m.waiters.isEmpty && m.inFlight == 1)
+    }
+
     // MARK: - The driver
+
+    @Test("acquire(deadline:) ends with timedOut when no slot frees in time (a fetch must not wait forever)")
+    func driverDeadline() async throws {
+        let limiter = CallLimiter(configuration: .init(maxInFlight: 1, maxPerSecond: 100))
+        try await limiter.acquire()
+        await #expect(throws: CallRefusal.timedOut) { try await limiter.acquire(deadline: .now + .milliseconds(200)) }
+        limiter.release(.answered)
+        try await limiter.acquire(deadline: .now + .seconds(5))  // a free slot is granted before its deadline
+        limiter.close()
+    }
 
     @Test("The driver grants on its timer, refuses during a block at once, and a cancelled wait ends with stopped")
     func driver() async throws {
