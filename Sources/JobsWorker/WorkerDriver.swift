@@ -363,8 +363,8 @@ final class WorkerDriver: Sendable {
             case .fail(let reason):
                 logger.critical("Kafka refused a publication for good; the worker stops (its events stay uncommitted)", metadata: ["reason": "\(reason)"])
                 onFailure(reason)
-            case .recordDecision(let entry, let then):
-                recordDecision(entry, then: then)
+            case .recordDecision(let entry, let hold):
+                recordDecision(entry, hold: hold)
             case .fetchJob(let fetch, let events):
                 schedule(onDropped: { [self] in input { $0.jobFetched(fetch, .failed(final: false), events: events, now: now()) } }) { [self] in
                     await fetchJob(fetch, events: events)
@@ -396,10 +396,10 @@ final class WorkerDriver: Sendable {
 
     // MARK: - The decision log
 
-    /// Produces a decision record, then performs `then` once Kafka answered, whatever the
-    /// answer: a decision that could not be written costs at most a call later, while holding
-    /// its results back could stall their partitions.
-    private func recordDecision(_ entry: DecisionLogEntry, then: [Action]) {
+    /// Produces a decision record and reports Kafka's answer for `hold`, whatever the answer:
+    /// a decision that could not be written costs at most a call later, while holding its
+    /// events back could stall their partitions.
+    private func recordDecision(_ entry: DecisionLogEntry, hold: UInt64?) {
         let record: KafkaProducerRecord = switch entry {
         case .decision(let decision): decision.record(topic: configuration.decisionsTopic, now: now())
         case .completion(let completion): completion.record(topic: configuration.decisionsTopic)
@@ -407,11 +407,11 @@ final class WorkerDriver: Sendable {
         }
         let refused = producer.send(record) { [self] delivery in
             decisionWritten(entry, delivery.map { _ in () })
-            perform(then)
+            if let hold { input { $0.decisionWritten(hold: hold) } }
         }
         if let refused {
             decisionWritten(entry, .failure(refused))
-            perform(then)
+            if let hold { input { $0.decisionWritten(hold: hold) } }
         }
     }
 
@@ -486,7 +486,7 @@ final class WorkerDriver: Sendable {
                 jobID: completion.jobID, connectionID: completion.connectionID, key: nil,
                 state: .reported(until: now().addingTimeInterval(86_400)), replica: replicaID
             )
-            recordDecision(.completion(reported), then: [])
+            recordDecision(.completion(reported), hold: nil)
             metrics.completion(detectedBy: completion.detectedBy, status: completion.status)
             logger.info("job completion reported", metadata: [
                 "connection_id": "\(completion.connectionID)", "job_id": "\(completion.jobID)", "status": "\(completion.status)", "detected_by": "\(completion.detectedBy)",
@@ -534,7 +534,7 @@ final class WorkerDriver: Sendable {
             // Other replicas that come to own this key wait for this call until its deadline
             // instead of calling too. Not waited for: losing it costs a call at most.
             let deadline = self.now().addingTimeInterval((configuration.requestTimeout + configuration.retry.maxBackoff + .seconds(5)).timeInterval)
-            recordDecision(.decision(Decision(key: key, state: .inFlight(until: deadline), replica: replicaID)), then: [])
+            recordDecision(.decision(Decision(key: key, state: .inFlight(until: deadline), replica: replicaID)), hold: nil)
             let result = await finch.enqueue(key.request, token: token)
             last = result
             metrics.finchCall(status: result.status, duration: result.latency)

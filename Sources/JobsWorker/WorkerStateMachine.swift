@@ -95,9 +95,11 @@ struct WorkerStateMachine: Sendable {
         case fail(String)
         /// Records arrived below their partition's position (offset reset or re-fetch).
         case rewound(TopicPartition, offset: Int64, expected: Int64)
-        /// Write a decision to the decision log; once Kafka acknowledged it (or refused it for
-        /// good: a lost decision costs a call at most, never an event), perform `then`.
-        case recordDecision(DecisionLogEntry, then: [Action])
+        /// Write a decision to the decision log. With a `hold`, results announcing the decision
+        /// are produced beside it, and their events count as answered only once this record
+        /// is acknowledged too: report Kafka's answer (any answer: a lost decision costs a call
+        /// at most, never an event) with ``decisionWritten(hold:)``.
+        case recordDecision(DecisionLogEntry, hold: UInt64?)
         /// Read a job's status from Finch; feed the outcome to ``jobFetched(_:_:events:now:)``
         /// with `events` (the webhook records it answers).
         case fetchJob(CompletionTracker.Fetch, events: [PendingEvent])
@@ -148,6 +150,7 @@ struct WorkerStateMachine: Sendable {
     /// The reason the worker failed, once it did.
     private(set) var failure: String?
     private var own = OwnDecisions()
+    private var holds = DecisionHolds()
     /// Decisions read from the log and applied, since the start.
     private(set) var decisionsRestored = 0
     private(set) var completions: CompletionTracker?
@@ -293,10 +296,10 @@ struct WorkerStateMachine: Sendable {
                 case .accountUpdated(let status):
                     if let status, FinchWebhookEvent.reauthenticationStatuses.contains(status) {
                         if reauthentication.insert(webhook.connectionID).inserted, let log = configuration.decisionLog {
-                            actions.append(.recordDecision(.account(AccountRecord(connectionID: webhook.connectionID, needsReauthentication: true, replica: log.replicaID)), then: []))
+                            actions.append(.recordDecision(.account(AccountRecord(connectionID: webhook.connectionID, needsReauthentication: true, replica: log.replicaID)), hold: nil))
                         }
                     } else if status == "connected", reauthentication.remove(webhook.connectionID) != nil, let log = configuration.decisionLog {
-                        actions.append(.recordDecision(.account(AccountRecord(connectionID: webhook.connectionID, needsReauthentication: false, replica: log.replicaID)), then: []))
+                        actions.append(.recordDecision(.account(AccountRecord(connectionID: webhook.connectionID, needsReauthentication: false, replica: log.replicaID)), hold: nil))
                     }
                     done.append(pending)
                 case .other:
@@ -315,7 +318,7 @@ struct WorkerStateMachine: Sendable {
             var actions: [Action] = []
             if case .failed(final: true) = outcome, let log = configuration.decisionLog {
                 // Nobody polls it any more: clear it from the log, for every replica.
-                actions.append(.recordDecision(.completion(CompletionRecord(jobID: fetch.jobID, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), then: []))
+                actions.append(.recordDecision(.completion(CompletionRecord(jobID: fetch.jobID, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), hold: nil))
             }
             return actions + acknowledged(current)
         }
@@ -351,18 +354,20 @@ struct WorkerStateMachine: Sendable {
             state = .job(job, until: until)
             if completions?.track(jobID: job.jobID, connectionID: key.connectionID, key: key, now: now) == true, let pollAt = completions?.awaited[job.jobID]?.pollAt {
                 let record = CompletionRecord(jobID: job.jobID, connectionID: key.connectionID, key: key, state: .awaiting(pollAt: pollAt), replica: log.replicaID)
-                awaiting = [.recordDecision(.completion(record), then: [])]
+                awaiting = [.recordDecision(.completion(record), hold: nil)]
             }
         case .rateLimited(let retryAt, let lastJob) where retryAt > now:
             own.insert(key, until: retryAt)
             state = .rateLimited(retryAt: retryAt, lastJob: lastJob)
         case .rateLimited, .failed:
             // Nothing to remember: clear the call's in-flight record; the results need not wait.
-            return [.recordDecision(.decision(Decision(key: key, state: .cleared(until: nil), replica: log.replicaID)), then: [])] + announcing
+            return [.recordDecision(.decision(Decision(key: key, state: .cleared(until: nil), replica: log.replicaID)), hold: nil)] + announcing
         }
-        // The decision is acknowledged before the results that announce it, so before the
-        // offsets of its events are stored.
-        return [.recordDecision(.decision(Decision(key: key, state: state, replica: log.replicaID)), then: announcing)] + awaiting
+        // The results are produced beside the decision (neither waits for the other), but
+        // their events count as answered only once both are acknowledged: no offset is stored
+        // before the decision it led to is in the log.
+        let hold = holds.hold(announcing.flatMap(\.publishedEvents).map(\.position))
+        return [.recordDecision(.decision(Decision(key: key, state: state, replica: log.replicaID)), hold: hold)] + announcing + awaiting
     }
 
     /// Decisions read from the log (other replicas' and earlier processes'). During the
@@ -395,7 +400,7 @@ struct WorkerStateMachine: Sendable {
                         // Written after the job was reported: say so again, or a replica that
                         // starts later would poll and report it twice.
                         let again = CompletionRecord(jobID: record.jobID, connectionID: record.connectionID, key: nil, state: .reported(until: now.addingTimeInterval(settings.tracker.memory.timeInterval)), replica: log.replicaID)
-                        actions.append(.recordDecision(.completion(again), then: []))
+                        actions.append(.recordDecision(.completion(again), hold: nil))
                     } else if let connection = record.connectionID {
                         completions?.restoreAwaited(jobID: record.jobID, connectionID: connection, key: record.key, pollAt: pollAt)
                     }
@@ -404,7 +409,7 @@ struct WorkerStateMachine: Sendable {
                         completions?.restoreReported(jobID: record.jobID, until: until)
                     } else if startup {
                         completions?.restoreCleared(jobID: record.jobID)
-                        actions.append(.recordDecision(.completion(CompletionRecord(jobID: record.jobID, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), then: []))
+                        actions.append(.recordDecision(.completion(CompletionRecord(jobID: record.jobID, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), hold: nil))
                     }
                 case .cleared:
                     completions?.restoreCleared(jobID: record.jobID)
@@ -421,20 +426,20 @@ struct WorkerStateMachine: Sendable {
                 if until > now {
                     dedup.restoreCallElsewhere(key, until: until, now: now)
                 } else if startup {
-                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), then: []))
+                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), hold: nil))
                 }
             case .job(let job, let until):
                 own.until[key] = nil
                 actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: .reused(job), until: until, now: now), answer: .reused(job), now: now)
                 if until <= now, startup {
-                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), then: []))
+                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), hold: nil))
                 }
             case .rateLimited(let retryAt, let lastJob):
                 own.until[key] = nil
                 let answer = JobAnswer.rateLimited(retryAt: retryAt, lastJob: lastJob)
                 actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: answer, until: retryAt, now: now), answer: answer, now: now)
                 if retryAt <= now, startup {
-                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: retryAt), replica: log.replicaID)), then: []))
+                    actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: retryAt), replica: log.replicaID)), hold: nil))
                 }
             case .cleared(let expired):
                 if dedup.restoreCleared(key, expired: expired) { actions += callsForCurrentWaiters([key]) }
@@ -480,11 +485,31 @@ struct WorkerStateMachine: Sendable {
 
     // MARK: - Publications
 
-    /// Kafka acknowledged a publication: its events are answered.
+    /// Kafka acknowledged a publication: its events are answered, except those whose
+    /// decision record is not acknowledged yet (they are answered with it).
     mutating func acknowledged(_ events: [PendingEvent]) -> [Action] {
-        for event in events { tracker.complete(event.position) }
         var partitions: [TopicPartition] = []
-        for event in events where !partitions.contains(event.position.partition) { partitions.append(event.position.partition) }
+        for event in events where !holds.resultAcknowledged(event.position) {
+            tracker.complete(event.position)
+            if !partitions.contains(event.position.partition) { partitions.append(event.position.partition) }
+        }
+        return answered(partitions)
+    }
+
+    /// Kafka answered the decision record of `hold` (acknowledged or refused: a lost decision
+    /// costs a call at most). Events whose results are acknowledged already are answered.
+    mutating func decisionWritten(hold: UInt64) -> [Action] {
+        var partitions: [TopicPartition] = []
+        for position in holds.release(hold) {
+            tracker.complete(position)
+            if !partitions.contains(position.partition) { partitions.append(position.partition) }
+        }
+        return answered(partitions)
+    }
+
+    /// Stores the watermarks that moved in `partitions` and ends the drains and pauses that
+    /// were waiting for their events.
+    private mutating func answered(_ partitions: [TopicPartition]) -> [Action] {
         let offsets = tracker.advancedWatermarks(in: partitions)
         var actions: [Action] = offsets.isEmpty ? [] : [.storeOffsets(offsets)]
         if let drain = revoking, tracker.unanswered(in: drain.partitions) == 0 { actions += finishRevoke() }
@@ -586,14 +611,14 @@ struct WorkerStateMachine: Sendable {
                 let expired = completions!.expire(now: now)
                 lastCompletionExpiry = now
                 if let log = configuration.decisionLog {
-                    actions += expired.map { .recordDecision(.completion(CompletionRecord(jobID: $0, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), then: []) }
+                    actions += expired.map { .recordDecision(.completion(CompletionRecord(jobID: $0, connectionID: nil, key: nil, state: .cleared, replica: log.replicaID)), hold: nil) }
                 }
             }
             actions += fetches.map { .fetchJob($0, events: []) }
         }
         if let log = configuration.decisionLog {
             for (key, expired) in own.expire(now: now) {
-                actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: expired), replica: log.replicaID)), then: []))
+                actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: expired), replica: log.replicaID)), hold: nil))
             }
         }
         return actions
@@ -618,5 +643,12 @@ struct WorkerStateMachine: Sendable {
         default:
             return []
         }
+    }
+}
+
+extension WorkerStateMachine.Action {
+    /// The events a `publish` action answers.
+    fileprivate var publishedEvents: [PendingEvent] {
+        if case .publish(let publication) = self { publication.events } else { [] }
     }
 }

@@ -27,8 +27,18 @@ struct DecisionLogTests {
          .success(JobEvent(kind: .refreshRequested, eventID: id, connectionID: "c-1")))
     }
 
-    func decisions(_ actions: [Action]) -> [(Decision, [Action])] {
-        actions.compactMap { if case .recordDecision(.decision(let decision), let then) = $0 { (decision, then) } else { nil } }
+    func decisions(_ actions: [Action]) -> [(Decision, UInt64?)] {
+        actions.compactMap { if case .recordDecision(.decision(let decision), let hold) = $0 { (decision, hold) } else { nil } }
+    }
+
+    func publications(_ actions: [Action]) -> [WorkerStateMachine.Publication] {
+        actions.compactMap { if case .publish(let publication) = $0 { publication } else { nil } }
+    }
+
+    func stored(_ actions: [Action]) -> [TopicPartition: Int64] {
+        actions.reduce(into: [:]) { stored, action in
+            if case .storeOffsets(let offsets) = action { stored.merge(offsets) { $1 } }
+        }
     }
 
     func results(_ actions: [Action]) -> [JobResult] {
@@ -88,16 +98,43 @@ struct DecisionLogTests {
 
     // MARK: - Writing
 
-    @Test("A created job is recorded before its results: they are the record's follow-up, with the reuse window's end")
-    func decisionBeforeResults() {
+    @Test("A created job's results are produced beside its decision, with the reuse window's end; no offset is stored before both are acknowledged, in either order")
+    func decisionBesideResults() {
         var m = machine()
         _ = m.admit([refresh("e-1", offset: 0), refresh("e-2", offset: 1)], now: t0)
         let actions = m.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0)
-        #expect(results(actions).isEmpty, "nothing announced before the decision is acknowledged")
         let recorded = decisions(actions)
         #expect(recorded.count == 1)
         #expect(recorded[0].0 == Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(60)), replica: "me"))
-        #expect(results(recorded[0].1).map(\.type) == ["job.created", "job.reused"])
+        #expect(results(actions).map(\.type) == ["job.created", "job.reused"], "announced at once, not after the decision")
+        guard let hold = recorded[0].1 else { Issue.record("the results must be held by the decision"); return }
+
+        // Results first, then the decision.
+        let published = publications(actions)
+        #expect(stored(m.acknowledged(published[0].events) + m.acknowledged(published[1].events)).isEmpty, "the decision is not in the log yet")
+        #expect(m.tracker.unanswered == 2)
+        #expect(stored(m.decisionWritten(hold: hold)) == [p0: 2])
+        #expect(m.tracker.unanswered == 0)
+        #expect(m.decisionWritten(hold: hold).isEmpty, "answered once")
+
+        // The decision first (or refused: the same input), then the results.
+        var n = machine()
+        _ = n.admit([refresh("e-1", offset: 0)], now: t0)
+        let again = n.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0)
+        guard let second = decisions(again).first?.1 else { Issue.record("held"); return }
+        #expect(stored(n.decisionWritten(hold: second)).isEmpty, "the result is not acknowledged yet")
+        #expect(stored(n.acknowledged(publications(again)[0].events)) == [p0: 1])
+    }
+
+    @Test("A held result that Kafka refuses for good keeps its offset uncommitted after the decision is written; other events still pass")
+    func heldResultRefused() {
+        var m = machine()
+        _ = m.admit([refresh("e-1", offset: 0)], now: t0)
+        let actions = m.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0)
+        guard let hold = decisions(actions).first?.1, let publication = publications(actions).first else { Issue.record("held"); return }
+        _ = m.publishFailed(publication, .closed)
+        #expect(stored(m.decisionWritten(hold: hold)).isEmpty, "never past an event whose result was not published")
+        #expect(m.tracker.unanswered == 0, "given up, so drains can end")
     }
 
     @Test("A quota 429 is recorded until retry_at; a failure clears the in-flight record without holding its results back")
@@ -112,7 +149,7 @@ struct DecisionLogTests {
         _ = n.admit([refresh("e-1", offset: 0)], now: t0)
         let failed = n.callFinished(refreshKey, answer: .failed(.forbidden, message: "no"), finch: nil, attempts: 1, now: t0)
         #expect(decisions(failed).map(\.0.state) == [.cleared(until: nil)])
-        #expect(decisions(failed)[0].1.isEmpty)
+        #expect(decisions(failed)[0].1 == nil, "nothing held")
         #expect(results(failed).map(\.type) == ["job.failed"], "published at once")
     }
 
@@ -198,7 +235,7 @@ struct DecisionLogTests {
         #expect(calls(n.tick(now: t0.addingTimeInterval(29))).isEmpty)
         #expect(calls(n.tick(now: t0.addingTimeInterval(30))) == [refreshKey])
         let answered = n.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0.addingTimeInterval(31))
-        #expect(decisions(answered).first.map { results($0.1).map(\.type) } == ["job.created"])
+        #expect(results(answered).map(\.type) == ["job.created"])
     }
 
     @Test("A tombstone with an expiry clears only the decision it expired, never a newer one; an in-flight record never overrides memory")
