@@ -6,10 +6,70 @@ import Logging
 final class ConsumerRebalancer: Sendable {
     private let core: ConsumerCore
     private let timeout: Duration
+    /// Where a partition without a committed offset starts (a logical offset), or `nil` to
+    /// leave it to librdkafka.
+    private let uncommittedStart: Int64?
 
-    init(core: ConsumerCore, timeout: Duration) {
+    init(core: ConsumerCore, timeout: Duration, uncommittedStart: Int64?) {
         self.core = core
         self.timeout = timeout
+        self.uncommittedStart = uncommittedStart
+    }
+
+    /// The logical offset `auto.offset.reset` names, when it names a start (not `error`).
+    static func uncommittedStart(autoOffsetReset: String?) -> Int64? {
+        switch autoOffsetReset ?? "latest" {
+        case "earliest", "smallest", "beginning": Int64(RD_KAFKA_OFFSET_BEGINNING)
+        case "latest", "largest", "end": Int64(RD_KAFKA_OFFSET_END)
+        default: nil
+        }
+    }
+
+    /// The assignment with each partition's start resolved to an offset: its committed
+    /// offset, or for one with none, the offset `auto.offset.reset` names (the partition's
+    /// first or next offset, asked of its leader). Without this, librdkafka 2.0.2 reads the
+    /// committed offsets itself but starts a partition that has none through an offset reset
+    /// that waits 100 ms before asking for the offset (`rd_kafka_offset_reset` with
+    /// `__NO_OFFSET`), and 500 ms more when the partition has no leader broker yet
+    /// (`rd_kafka_toppar_offset_request`): a fresh partition's first records waited up to
+    /// 600 ms. A partition given an offset is fetched as soon as its leader is known.
+    /// Whatever cannot be read in time is left to librdkafka (`nil`, or that partition
+    /// without an offset).
+    private func resolvingStarts(rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t>? {
+        guard let uncommittedStart, let partitions, partitions.pointee.cnt > 0,
+              let resolved = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
+        // Both reads together within 5 s (or the rebalance timeout): the poll thread waits.
+        let deadline = ContinuousClock.now + min(timeout, .seconds(5))
+        func remainingMs() -> Int32 { Int32(clamping: max(.milliseconds(1), deadline - ContinuousClock.now).milliseconds) }
+        let err = rd_kafka_committed(rk, resolved, remainingMs())
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            core.logger.debug("committed offsets not read before assigning; librdkafka reads them", metadata: ["error": "\(KafkaError.from(err, code: .rebalance))"])
+            rd_kafka_topic_partition_list_destroy(resolved)
+            return nil
+        }
+        var uncommitted: [(TopicPartition, Int64)] = []
+        for (partition, offset, err) in TopicPartition.elements(of: resolved) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset < 0 {
+            uncommitted.append((partition, uncommittedStart))
+        }
+        var starts: [TopicPartition: Int64] = [:]
+        if !uncommitted.isEmpty {
+            // ListOffsets with the logical offset as its timestamp: -2 earliest, -1 latest.
+            let query = TopicPartition.makeList(uncommitted)
+            defer { rd_kafka_topic_partition_list_destroy(query) }
+            if rd_kafka_offsets_for_times(rk, query, remainingMs()) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                for (partition, offset, err) in TopicPartition.elements(of: query) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
+                    starts[partition] = offset
+                }
+            }
+        }
+        for index in 0..<Int(resolved.pointee.cnt) {
+            let element = resolved.pointee.elems.advanced(by: index)
+            if element.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR, element.pointee.offset >= 0 { continue }
+            let partition = TopicPartition(topic: String(cString: element.pointee.topic), partition: element.pointee.partition)
+            element.pointee.offset = starts[partition] ?? Int64(RD_KAFKA_OFFSET_INVALID)
+            element.pointee.err = RD_KAFKA_RESP_ERR_NO_ERROR
+        }
+        return resolved
     }
 
     func handle(rk: OpaquePointer, err: rd_kafka_resp_err_t, partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
@@ -21,7 +81,9 @@ final class ConsumerRebalancer: Sendable {
         core.handOverPending()
         switch err {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
-            if let error = apply(assign: true, cooperative: cooperative, rk: rk, partitions: partitions) {
+            let resolved = resolvingStarts(rk: rk, partitions)
+            defer { if let resolved { rd_kafka_topic_partition_list_destroy(resolved) } }
+            if let error = apply(assign: true, cooperative: cooperative, rk: rk, partitions: resolved ?? partitions) {
                 logger.error("Kafka assign failed", metadata: ["error": "\(error)"])
                 continuation.yield(.error(error))
             }

@@ -37,7 +37,11 @@ public final class KafkaConsumer: Sendable {
     ) throws(KafkaError) {
         let (events, continuation) = AsyncStream.makeStream(of: KafkaConsumerEvent.self)
         let core = ConsumerCore(continuation: continuation, logger: logger)
-        let rebalancer = ConsumerRebalancer(core: core, timeout: configuration.rebalanceTimeout)
+        let properties = try configuration.properties()
+        let rebalancer = ConsumerRebalancer(
+            core: core, timeout: configuration.rebalanceTimeout,
+            uncommittedStart: ConsumerRebalancer.uncommittedStart(autoOffsetReset: properties.last { $0.0 == "auto.offset.reset" }?.1)
+        )
         continuation.onTermination = { [core] _ in core.stopListening() }
         let context = ClientContext(
             logger: logger,
@@ -46,7 +50,7 @@ public final class KafkaConsumer: Sendable {
             onStatistics: onStatistics,
             onOffsetReset: onOffsetReset
         )
-        let client = try RDKafkaClient(type: RD_KAFKA_CONSUMER, properties: try configuration.properties(), context: context) { conf in
+        let client = try RDKafkaClient(type: RD_KAFKA_CONSUMER, properties: properties, context: context) { conf in
             rd_kafka_conf_set_rebalance_cb(conf) { rk, err, partitions, opaque in
                 guard let rk, let opaque else { return }
                 let context = Unmanaged<ClientContext>.fromOpaque(opaque).takeUnretainedValue()

@@ -23,6 +23,30 @@ struct KafkaConsumerGroupTests {
         }
     }
 
+    @Test("A partition without a committed offset starts where auto.offset.reset says: earliest at its first record, latest after the records already there, with none produced after the assignment missed")
+    func uncommittedPartitionsStartAtTheReset() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("reset")
+        try cluster.createTopic(topic, partitions: 3)
+        let before = try await produce(90, to: topic, on: cluster)
+
+        let earliest = ConsumerDriver(try cluster.consumer(group: uniqueName("earliest"), topics: [topic]))
+        let latest = ConsumerDriver(try cluster.consumer(group: uniqueName("latest"), topics: [topic], properties: ["auto.offset.reset": "latest"]))
+        try await waitUntil("both members assigned") { earliest.snapshot.assigned.count == 3 && latest.snapshot.assigned.count == 3 }
+        let after = try await produce(30, to: topic, on: cluster)
+        try await waitUntil("every record read by the earliest member, those produced after the assignment by the latest") {
+            earliest.snapshot.records.count >= 120 && latest.snapshot.records.count >= 30
+        }
+        for partition in 0..<Int32(3) {
+            let first = before[partition] ?? 0, end = after[partition] ?? first
+            let read = { (driver: ConsumerDriver) in driver.snapshot.records.filter { $0.partition == partition }.map(\.offset) }
+            #expect(read(earliest) == Array(0..<end), "partition \(partition), earliest")
+            #expect(read(latest) == Array(first..<end), "partition \(partition), latest")
+        }
+        await earliest.close()
+        await latest.close()
+    }
+
     @Test("Two members split the partitions; when one leaves, the other resumes after its last stored offset")
     func groupSplitsAndResumes() async throws {
         let cluster = try KafkaMockCluster()
@@ -94,7 +118,8 @@ struct KafkaConsumerGroupTests {
         try await waitUntil("first member read everything") { first.snapshot.records.count == 400 && first.snapshot.assigned.count == 4 }
 
         let second = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
-        try await waitUntil("partitions moved to the second member") { !second.snapshot.assigned.isEmpty }
+        // The mock coordinator takes about 18 s for this rebalance; on a loaded machine more.
+        try await waitUntil("partitions moved to the second member", timeout: .seconds(90)) { !second.snapshot.assigned.isEmpty }
         order.withLock { $0.append("second-assigned") }
         let moved = second.snapshot.assigned
         #expect(order.withLock { $0 } == ["revoke-start", "revoke-done", "second-assigned"])
