@@ -108,7 +108,7 @@ public enum Benchmark {
             let events = generator.events(count: options.ingestEvents, prefix: "b", using: &random)
             let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
             let produceStart = ContinuousClock.now
-            await stack.produce(events, sentAt: Locked([:]))
+            await stack.produce(events, sentAt: nil)
             progress("ingest: \(events.count) events produced in \(format(ContinuousClock.now - produceStart)); starting the worker")
             let valid = events.filter { $0.id != nil }.count
             let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
@@ -169,7 +169,7 @@ public enum Benchmark {
                 defer { tasks.cancelAll() }
                 try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
                 let start = ContinuousClock.now
-                await stack.produce(events, sentAt: Locked([:]))
+                await stack.produce(events, sentAt: nil)
                 progress("stream: \(events.count) events produced (acknowledged) in \(format(ContinuousClock.now - start)); answered so far \(collector.snapshot.answered)")
                 try await waitFor("every streamed event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
@@ -237,7 +237,7 @@ public enum Benchmark {
                     value: Array(#"{"type":"refresh.requested","event_id":"\#(id)","connection_id":"c-\#(index)"}"#.utf8)
                 ))
             }
-            await stack.produce(events, sentAt: Locked([:]))
+            await stack.produce(events, sentAt: nil)
             let collector = try stack.resultCollector(logger: logger)
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }

@@ -188,14 +188,15 @@ public struct EmbeddedStack: Sendable {
         )
     }
 
-    /// Produces events as fast as the producer takes them, recording when each was sent.
+    /// Produces events as fast as the producer takes them, recording when each was sent in
+    /// `sentAt` when there is one (the stream scenario times only the whole run).
     /// - Returns: the events that could not be produced (none unless Kafka failed).
     @discardableResult
-    public func produce(_ events: [EventGenerator.Event], sentAt: Locked<[String: ContinuousClock.Instant]>) async -> Int {
+    public func produce(_ events: [EventGenerator.Event], sentAt: Locked<[String: ContinuousClock.Instant]>?) async -> Int {
         let failed = Locked(0)
         let outstanding = DeliveryCountdown()
         for event in events {
-            if let id = event.id { sentAt.withLock { $0[id] = ContinuousClock.now } }
+            if let sentAt, let id = event.id { sentAt.withLock { $0[id] = ContinuousClock.now } }
             while true {
                 outstanding.add()
                 let error = producer.send(event.record) { result in

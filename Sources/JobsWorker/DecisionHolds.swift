@@ -1,42 +1,38 @@
 import Kafka
 
-/// Events answered by results that were produced beside the decision record they announce.
-/// Such an event counts as answered only once both its result and the record are
-/// acknowledged, in either order: its offset is never stored before its decision is in the
-/// log, and neither record waits for the other. A pure value, part of ``WorkerStateMachine``.
+/// Results produced beside the decision record they announce. Their events count as answered
+/// only once both the result and the record are acknowledged, in either order: an offset is
+/// never stored before its decision is in the log, and neither record waits for the other.
+/// Results carry their hold (``WorkerStateMachine/Publication/hold``), so this costs nothing
+/// per event. A pure value, part of ``WorkerStateMachine``.
 struct DecisionHolds: Sendable {
-    /// Per held event, whether its result is acknowledged yet.
-    private var resultIn: [RecordPosition: Bool] = [:]
-    /// Per hold (one decision record), the events it holds.
-    private var held: [UInt64: [RecordPosition]] = [:]
+    /// Per hold whose decision record is not answered yet, the events of its results that
+    /// were acknowledged meanwhile.
+    private var waiting: [UInt64: [RecordPosition]] = [:]
     private var last: UInt64 = 0
 
     /// Decision records not answered yet.
-    var count: Int { held.count }
+    var count: Int { waiting.count }
 
-    /// Holds `positions` until the decision record of the returned hold is answered; `nil`
-    /// when there is nothing to hold.
-    mutating func hold(_ positions: [RecordPosition]) -> UInt64? {
-        guard !positions.isEmpty else { return nil }
+    /// A new hold, for the results of one decision record.
+    mutating func hold() -> UInt64 {
         last += 1
-        held[last] = positions
-        for position in positions { resultIn[position] = false }
+        waiting[last] = []
         return last
     }
 
-    /// The result answering `position` was acknowledged. Returns whether the event is still
-    /// held: its decision record is not answered yet, and ``release(_:)`` will return it.
-    mutating func resultAcknowledged(_ position: RecordPosition) -> Bool {
-        guard !resultIn.isEmpty, resultIn[position] != nil else { return false }
-        resultIn[position] = true
+    /// A result of `hold` was acknowledged. Returns whether its events are held (the decision
+    /// record is not answered yet): ``release(_:)`` returns them.
+    mutating func resultAcknowledged(_ events: [PendingEvent], hold: UInt64) -> Bool {
+        guard waiting[hold] != nil else { return false }
+        waiting[hold]!.append(contentsOf: events.lazy.map(\.position))
         return true
     }
 
     /// The decision record of `hold` was answered (acknowledged or refused). Returns the
-    /// events whose results were acknowledged already: they are answered now. The others are
-    /// answered by their result's acknowledgement, or never if it is refused.
+    /// events whose results were acknowledged already: they are answered now. Results
+    /// acknowledged later answer their events themselves; a result refused for good never does.
     mutating func release(_ hold: UInt64) -> [RecordPosition] {
-        guard let positions = held.removeValue(forKey: hold) else { return [] }
-        return positions.filter { resultIn.removeValue(forKey: $0) == true }
+        waiting.removeValue(forKey: hold) ?? []
     }
 }

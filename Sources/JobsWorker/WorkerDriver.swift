@@ -441,7 +441,7 @@ final class WorkerDriver: Sendable {
             switch delivery {
             case .success:
                 acknowledged(publication)
-                input { $0.acknowledged(publication.events) }
+                input { $0.acknowledged(publication.events, hold: publication.hold) }
             case .failure(let error):
                 refusedPublication(publication, error)
             }

@@ -63,6 +63,9 @@ struct WorkerStateMachine: Sendable {
         let events: [PendingEvent]
         /// Attempts so far (0 before the first).
         var attempts = 0
+        /// The decision record this result announces, produced beside it: its events are
+        /// answered once both are acknowledged (``DecisionHolds``).
+        var hold: UInt64? = nil
     }
 
     /// Why a publication was refused, as far as deciding what to do goes.
@@ -366,8 +369,16 @@ struct WorkerStateMachine: Sendable {
         // The results are produced beside the decision (neither waits for the other), but
         // their events count as answered only once both are acknowledged: no offset is stored
         // before the decision it led to is in the log.
-        let hold = holds.hold(announcing.flatMap(\.publishedEvents).map(\.position))
-        return [.recordDecision(.decision(Decision(key: key, state: state, replica: log.replicaID)), hold: hold)] + announcing + awaiting
+        guard !announcing.isEmpty else {
+            return [.recordDecision(.decision(Decision(key: key, state: state, replica: log.replicaID)), hold: nil)] + awaiting
+        }
+        let hold = holds.hold()
+        let held = announcing.map { action -> Action in
+            guard case .publish(var publication) = action else { return action }
+            publication.hold = hold
+            return .publish(publication)
+        }
+        return [.recordDecision(.decision(Decision(key: key, state: state, replica: log.replicaID)), hold: hold)] + held + awaiting
     }
 
     /// Decisions read from the log (other replicas' and earlier processes'). During the
@@ -487,9 +498,10 @@ struct WorkerStateMachine: Sendable {
 
     /// Kafka acknowledged a publication: its events are answered, except those whose
     /// decision record is not acknowledged yet (they are answered with it).
-    mutating func acknowledged(_ events: [PendingEvent]) -> [Action] {
+    mutating func acknowledged(_ events: [PendingEvent], hold: UInt64? = nil) -> [Action] {
+        if let hold, holds.resultAcknowledged(events, hold: hold) { return [] }
         var partitions: [TopicPartition] = []
-        for event in events where !holds.resultAcknowledged(event.position) {
+        for event in events {
             tracker.complete(event.position)
             if !partitions.contains(event.position.partition) { partitions.append(event.position.partition) }
         }
@@ -643,12 +655,5 @@ struct WorkerStateMachine: Sendable {
         default:
             return []
         }
-    }
-}
-
-extension WorkerStateMachine.Action {
-    /// The events a `publish` action answers.
-    fileprivate var publishedEvents: [PendingEvent] {
-        if case .publish(let publication) = self { publication.events } else { [] }
     }
 }

@@ -111,7 +111,8 @@ struct DecisionLogTests {
 
         // Results first, then the decision.
         let published = publications(actions)
-        #expect(stored(m.acknowledged(published[0].events) + m.acknowledged(published[1].events)).isEmpty, "the decision is not in the log yet")
+        #expect(published.allSatisfy { $0.hold == hold })
+        #expect(stored(m.acknowledged(published[0].events, hold: hold) + m.acknowledged(published[1].events, hold: hold)).isEmpty, "the decision is not in the log yet")
         #expect(m.tracker.unanswered == 2)
         #expect(stored(m.decisionWritten(hold: hold)) == [p0: 2])
         #expect(m.tracker.unanswered == 0)
@@ -123,7 +124,7 @@ struct DecisionLogTests {
         let again = n.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0)
         guard let second = decisions(again).first?.1 else { Issue.record("held"); return }
         #expect(stored(n.decisionWritten(hold: second)).isEmpty, "the result is not acknowledged yet")
-        #expect(stored(n.acknowledged(publications(again)[0].events)) == [p0: 1])
+        #expect(stored(n.acknowledged(publications(again)[0].events, hold: second)) == [p0: 1])
     }
 
     @Test("A held result that Kafka refuses for good keeps its offset uncommitted after the decision is written; other events still pass")
