@@ -33,8 +33,9 @@ struct WorkerStateMachine: Sendable {
         /// The first delay before producing a refused record again; doubles up to `maxRepublishDelay`.
         var republishDelay: Duration = .milliseconds(100)
         var maxRepublishDelay: Duration = .seconds(5)
-        /// Whether decisions go to the decision log (results of a decision wait for its
-        /// record's acknowledgement), and this process's id in the records it writes.
+        /// Whether decisions go to the decision log (the events a decision answers are
+        /// answered once its record is answered too), and this process's id in the records it
+        /// writes.
         var decisionLog: DecisionLogSettings? = nil
         /// Whether job completions are tracked and reported (webhooks and polling).
         var completions: CompletionSettings? = nil

@@ -16,58 +16,54 @@ final class ConsumerRebalancer: Sendable {
         self.uncommittedStart = uncommittedStart
     }
 
-    /// The logical offset `auto.offset.reset` names, when it names a start (not `error`).
-    static func uncommittedStart(autoOffsetReset: String?) -> Int64? {
-        switch autoOffsetReset ?? "latest" {
-        case "earliest", "smallest", "beginning": Int64(RD_KAFKA_OFFSET_BEGINNING)
-        case "latest", "largest", "end": Int64(RD_KAFKA_OFFSET_END)
-        default: nil
+    /// The logical offset `auto.offset.reset` (or its alias `topic.auto.offset.reset`, the
+    /// last one set) names, when it names a start (not `error`).
+    static func uncommittedStart(properties: [(String, String)]) -> Int64? {
+        let value = properties.last { $0.0 == "auto.offset.reset" || $0.0 == "topic.auto.offset.reset" }?.1
+        switch value?.lowercased() ?? "latest" {
+        case "earliest", "smallest", "beginning": return Int64(RD_KAFKA_OFFSET_BEGINNING)
+        case "latest", "largest", "end": return Int64(RD_KAFKA_OFFSET_END)
+        default: return nil
         }
     }
 
-    /// The assignment with each partition's start resolved to an offset: its committed
-    /// offset, or for one with none, the offset `auto.offset.reset` names (the partition's
-    /// first or next offset, asked of its leader). Without this, librdkafka 2.0.2 reads the
-    /// committed offsets itself but starts a partition that has none through an offset reset
-    /// that waits 100 ms before asking for the offset (`rd_kafka_offset_reset` with
+    /// The assignment with a start offset for each partition that has no committed offset:
+    /// the offset `auto.offset.reset` names (the partition's first or next offset, asked of
+    /// its leader). librdkafka 2.0.2 starts such a partition through an offset reset that
+    /// waits 100 ms before asking for the offset (`rd_kafka_offset_reset` with
     /// `__NO_OFFSET`), and 500 ms more when the partition has no leader broker yet
     /// (`rd_kafka_toppar_offset_request`): a fresh partition's first records waited up to
     /// 600 ms. A partition given an offset is fetched as soon as its leader is known.
-    /// Whatever cannot be read in time is left to librdkafka (`nil`, or that partition
-    /// without an offset).
+    /// Partitions with a committed offset are left to librdkafka, which reads it again and
+    /// records it (the consumer-lag statistic and its commits depend on that; the read here
+    /// does not record it). So is everything that cannot be read within 2 s (`nil`, or that
+    /// partition without an offset): the poll thread waits for these reads.
     private func resolvingStarts(rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t>? {
         guard let uncommittedStart, let partitions, partitions.pointee.cnt > 0,
-              let resolved = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
-        // Both reads together within 5 s (or the rebalance timeout): the poll thread waits.
-        let deadline = ContinuousClock.now + min(timeout, .seconds(5))
+              let committed = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
+        defer { rd_kafka_topic_partition_list_destroy(committed) }
+        let deadline = ContinuousClock.now + min(timeout, .seconds(2))
         func remainingMs() -> Int32 { Int32(clamping: max(.milliseconds(1), deadline - ContinuousClock.now).milliseconds) }
-        let err = rd_kafka_committed(rk, resolved, remainingMs())
+        let err = rd_kafka_committed(rk, committed, remainingMs())
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             core.logger.debug("committed offsets not read before assigning; librdkafka reads them", metadata: ["error": "\(KafkaError.from(err, code: .rebalance))"])
-            rd_kafka_topic_partition_list_destroy(resolved)
             return nil
         }
-        var uncommitted: [(TopicPartition, Int64)] = []
-        for (partition, offset, err) in TopicPartition.elements(of: resolved) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset < 0 {
-            uncommitted.append((partition, uncommittedStart))
-        }
+        let uncommitted = TopicPartition.elements(of: committed).filter { $0.err == RD_KAFKA_RESP_ERR_NO_ERROR && $0.offset == Int64(RD_KAFKA_OFFSET_INVALID) }
+        guard !uncommitted.isEmpty else { return nil }
+        // ListOffsets with the logical offset as its timestamp: -2 earliest, -1 latest.
+        let query = TopicPartition.makeList(uncommitted.map { ($0.0, uncommittedStart) })
+        defer { rd_kafka_topic_partition_list_destroy(query) }
+        guard rd_kafka_offsets_for_times(rk, query, remainingMs()) == RD_KAFKA_RESP_ERR_NO_ERROR else { return nil }
         var starts: [TopicPartition: Int64] = [:]
-        if !uncommitted.isEmpty {
-            // ListOffsets with the logical offset as its timestamp: -2 earliest, -1 latest.
-            let query = TopicPartition.makeList(uncommitted)
-            defer { rd_kafka_topic_partition_list_destroy(query) }
-            if rd_kafka_offsets_for_times(rk, query, remainingMs()) == RD_KAFKA_RESP_ERR_NO_ERROR {
-                for (partition, offset, err) in TopicPartition.elements(of: query) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
-                    starts[partition] = offset
-                }
-            }
+        for (partition, offset, err) in TopicPartition.elements(of: query) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
+            starts[partition] = offset
         }
+        guard !starts.isEmpty, let resolved = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
         for index in 0..<Int(resolved.pointee.cnt) {
             let element = resolved.pointee.elems.advanced(by: index)
-            if element.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR, element.pointee.offset >= 0 { continue }
             let partition = TopicPartition(topic: String(cString: element.pointee.topic), partition: element.pointee.partition)
-            element.pointee.offset = starts[partition] ?? Int64(RD_KAFKA_OFFSET_INVALID)
-            element.pointee.err = RD_KAFKA_RESP_ERR_NO_ERROR
+            if let start = starts[partition] { element.pointee.offset = start }
         }
         return resolved
     }

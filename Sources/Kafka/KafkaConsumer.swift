@@ -40,7 +40,7 @@ public final class KafkaConsumer: Sendable {
         let properties = try configuration.properties()
         let rebalancer = ConsumerRebalancer(
             core: core, timeout: configuration.rebalanceTimeout,
-            uncommittedStart: ConsumerRebalancer.uncommittedStart(autoOffsetReset: properties.last { $0.0 == "auto.offset.reset" }?.1)
+            uncommittedStart: ConsumerRebalancer.uncommittedStart(properties: properties)
         )
         continuation.onTermination = { [core] _ in core.stopListening() }
         let context = ClientContext(

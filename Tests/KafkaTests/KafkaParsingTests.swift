@@ -1,3 +1,4 @@
+import CRdKafka
 import Foundation
 import Testing
 @testable import Kafka
@@ -25,6 +26,16 @@ struct KafkaParsingTests {
         #expect(KafkaOffsetReset(logLine: "[thrd:main]: a.b [0]: offset reset (at offset 5, broker 1) to END")?.topicPartition
             == TopicPartition(topic: "a.b", partition: 0))
         #expect(KafkaOffsetReset(logLine: "Fetch backoff for 500ms") == nil)
+    }
+
+    @Test("A partition without a committed offset starts where the last auto.offset.reset (or its topic. alias) says, in any case; error leaves it to librdkafka")
+    func uncommittedStart() {
+        let beginning = Int64(RD_KAFKA_OFFSET_BEGINNING), end = Int64(RD_KAFKA_OFFSET_END)
+        #expect(ConsumerRebalancer.uncommittedStart(properties: [("auto.offset.reset", "earliest")]) == beginning)
+        #expect(ConsumerRebalancer.uncommittedStart(properties: [("auto.offset.reset", "earliest"), ("auto.offset.reset", "Latest")]) == end)
+        #expect(ConsumerRebalancer.uncommittedStart(properties: [("auto.offset.reset", "earliest"), ("topic.auto.offset.reset", "largest")]) == end)
+        #expect(ConsumerRebalancer.uncommittedStart(properties: [("auto.offset.reset", "error")]) == nil)
+        #expect(ConsumerRebalancer.uncommittedStart(properties: []) == end, "librdkafka's default")
     }
 
     @Test("Durations become librdkafka milliseconds")
