@@ -48,12 +48,14 @@ public final class FinchClient: Sendable {
         _ = FinchDate.parse("2026-01-01T00:00:00Z")
     }
 
+    private static let dataSyncAllBody = (try? JSONEncoder().encode(FinchJobRequest.dataSyncAll.body)) ?? Data()
+
     public func enqueue(_ job: FinchJobRequest, token: FinchAccessToken) async -> FinchEnqueueResult {
         let started = ContinuousClock.now
         let response: RawResponse
         do {
-            // Encoding two strings cannot fail.
-            let body = (try? JSONEncoder().encode(job.body)) ?? Data()
+            // Encoding two strings cannot fail. Most jobs are data_sync_all: one body for all.
+            let body = job == .dataSyncAll ? Self.dataSyncAllBody : (try? JSONEncoder().encode(job.body)) ?? Data()
             response = try await send(.POST, path: "/jobs/automated", token: token, body: body)
         } catch {
             return FinchEnqueueResult(outcome: .failed(error), status: nil, requestID: nil, latency: ContinuousClock.now - started)

@@ -60,7 +60,9 @@ struct Decision: Sendable, Hashable {
     }
 
     private static func escape(_ id: String) -> String {
-        id.replacingOccurrences(of: "%", with: "%25").replacingOccurrences(of: "/", with: "%2F")
+        // Almost every id has neither; `replacingOccurrences` cost 3 % of the worker's CPU.
+        guard id.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "/") }) else { return id }
+        return id.replacingOccurrences(of: "%", with: "%25").replacingOccurrences(of: "/", with: "%2F")
     }
 
     private static func unescape(_ text: String) -> String? {
@@ -80,13 +82,13 @@ struct Decision: Sendable, Hashable {
         case .rateLimited(let retryAt, let lastJob): (name, until, job) = ("rate_limited", retryAt, lastJob)
         case .cleared(let expired):
             let headers = expired.map { [KafkaHeader(key: Self.untilHeader, string: FinchDate.format($0))] } ?? []
-            return KafkaProducerRecord(topic: topic, key: key, value: nil, headers: headers + DecisionLogEntry.tombstoneHeaders(replica: replica))
+            return KafkaProducerRecord(topic: topic, key: key, value: nil, headers: headers + DecisionLogEntry.replicaHeaders(replica: replica))
         }
         let value = DecisionLogEntry.Value(
             version: Self.version, state: name, connectionID: self.key.connectionID, individualID: self.key.individualID,
             until: FinchDate.format(until), jobID: job?.jobID, jobURL: job?.jobURL, replica: replica, writtenAt: FinchDate.format(now)
         )
-        return KafkaProducerRecord(topic: topic, key: key, value: DecisionLogEntry.encode(value))
+        return KafkaProducerRecord(topic: topic, key: key, value: DecisionLogEntry.encode(value), headers: DecisionLogEntry.replicaHeaders(replica: replica))
     }
 
     // MARK: - Reading

@@ -1,8 +1,13 @@
+import FinchAPI
 import Foundation
 import Logging
 
 /// Writes one JSON object a line: `ts`, `level`, `logger`, `source`, `message`, the metadata
-/// flattened into the object, and `error` when one is attached.
+/// flattened into the object, and `error` when one is attached. Keys are sorted.
+///
+/// The line is written by hand, not through `JSONSerialization`: that, with its sorted keys
+/// compared as `NSString`s and its `Any` boxes, and the ISO 8601 date style (``FinchDate/format(_:)`` now), cost a fifth of
+/// the worker's CPU at one info line per Finch call.
 public struct JSONLogHandler: LogHandler {
     public var logLevel: Logger.Level
     public var metadata: Logger.Metadata = [:]
@@ -33,29 +38,43 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var object: [String: Any] = [:]
-        for (key, value) in metadata { object[key] = Self.json(value) }
-        for (key, value) in event.metadata ?? [:] { object[key] = Self.json(value) }
-        object["ts"] = Self.timestamp()
-        object["level"] = event.level.rawValue
-        object["logger"] = label
-        object["source"] = event.source
-        object["message"] = event.message.description
-        if let error = event.error { object["error"] = "\(error)" }
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-        output(String(decoding: data, as: UTF8.self) + "\n")
+        var fields = metadata
+        if let extra = event.metadata { fields.merge(extra) { $1 } }
+        fields["ts"] = .string(FinchDate.format(Date()))
+        fields["level"] = .string(event.level.rawValue)
+        fields["logger"] = .string(label)
+        fields["source"] = .string(event.source)
+        fields["message"] = .string(event.message.description)
+        if let error = event.error { fields["error"] = .string("\(error)") }
+        var line: [UInt8] = []
+        line.reserveCapacity(256)
+        Self.append(.dictionary(fields), to: &line)
+        line.append(UInt8(ascii: "\n"))
+        output(String(decoding: line, as: UTF8.self))
     }
 
-    private static func json(_ value: Logger.Metadata.Value) -> Any {
+    static func append(_ value: Logger.Metadata.Value, to line: inout [UInt8]) {
         switch value {
-        case .string(let string): string
-        case .stringConvertible(let convertible): convertible.description
-        case .array(let array): array.map(json)
-        case .dictionary(let dictionary): dictionary.mapValues(json)
+        case .string(let string):
+            JSONText.appendString(string, to: &line)
+        case .stringConvertible(let convertible):
+            JSONText.appendString(convertible.description, to: &line)
+        case .array(let array):
+            line.append(UInt8(ascii: "["))
+            for (index, element) in array.enumerated() {
+                if index > 0 { line.append(UInt8(ascii: ",")) }
+                append(element, to: &line)
+            }
+            line.append(UInt8(ascii: "]"))
+        case .dictionary(let dictionary):
+            line.append(UInt8(ascii: "{"))
+            for (index, key) in dictionary.keys.sorted().enumerated() {
+                if index > 0 { line.append(UInt8(ascii: ",")) }
+                JSONText.appendString(key, to: &line)
+                line.append(UInt8(ascii: ":"))
+                append(dictionary[key]!, to: &line)
+            }
+            line.append(UInt8(ascii: "}"))
         }
-    }
-
-    private static func timestamp() -> String {
-        Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
     }
 }

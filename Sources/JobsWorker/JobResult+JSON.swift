@@ -16,7 +16,7 @@ extension JobResult {
         func string(_ name: StaticString, _ value: String?) {
             guard let value else { return }
             key(name)
-            Self.appendString(value, to: &out)
+            JSONText.appendString(value, to: &out)
         }
         func integer(_ name: StaticString, _ value: Int?) {
             guard let value else { return }
@@ -31,16 +31,16 @@ extension JobResult {
         if let error {
             key("error")
             out.append(contentsOf: Array(#"{"code":"#.utf8))
-            Self.appendString(error.code, to: &out)
+            JSONText.appendString(error.code, to: &out)
             out.append(contentsOf: Array(#","message":"#.utf8))
-            Self.appendString(error.message, to: &out)
+            JSONText.appendString(error.message, to: &out)
             out.append(UInt8(ascii: "}"))
         }
         key("event_ids")
         out.append(UInt8(ascii: "["))
         for (index, id) in eventIDs.enumerated() {
             if index > 0 { out.append(UInt8(ascii: ",")) }
-            Self.appendString(id, to: &out)
+            JSONText.appendString(id, to: &out)
         }
         out.append(UInt8(ascii: "]"))
         string("finch_request_id", finchRequestID)
@@ -56,27 +56,5 @@ extension JobResult {
         string("type", type)
         out.append(UInt8(ascii: "}"))
         return out
-    }
-
-    /// A JSON string: `"` and `\` escaped, control characters as `\b \f \n \r \t` or
-    /// `\u00XX`, everything else (slashes and non-ASCII included) as is.
-    static func appendString(_ value: String, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
-            case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
-            case 0x08: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "b")])
-            case 0x0C: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "f")])
-            case 0x0A: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
-            case 0x0D: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
-            case 0x09: out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
-            case ..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
-            default: out.append(byte)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
     }
 }

@@ -244,7 +244,9 @@ final class WorkerDriver: Sendable {
         var decisions: [DecisionLogEntry] = []
         decisions.reserveCapacity(records.count)
         var skipped = 0
-        for record in records {
+        let own = Array(replicaID.utf8)
+        // This process's own records come back as the log is followed: skipped unread.
+        for record in records where !DecisionLogEntry.isWritten(record, by: own) {
             switch DecisionLogEntry.read(record) {
             case .success(let decision):
                 decisions.append(decision)

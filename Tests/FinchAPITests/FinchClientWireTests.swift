@@ -8,6 +8,18 @@ import Testing
 /// The client against hand-made answers, through Hummingbird's live test server.
 @Suite("FinchClient on the wire", .timeLimit(.minutes(1)))
 struct FinchClientWireTests {
+    @Test("Dates are written as Foundation's ISO 8601 style writes them (UTC, milliseconds) and read back to the millisecond")
+    func dates() {
+        let style = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+        var generator = SystemRandomNumberGenerator()
+        let samples = [0, 0.999, 951_782_400.5, 1_795_962_426.0015, 4_102_444_799.999] + (0..<2_000).map { _ in Double.random(in: 0..<4_102_444_800, using: &generator) }
+        for seconds in samples {
+            let date = Date(timeIntervalSince1970: (seconds * 1_000).rounded(.down) / 1_000 + 0.0001)
+            #expect(FinchDate.format(date) == date.formatted(style), "\(seconds)")
+            #expect(FinchDate.parse(FinchDate.format(date)).map { abs($0.timeIntervalSince(date)) < 0.001 } == true)
+        }
+    }
+
     struct SeenRequest: Sendable {
         var path = ""
         var headers: [String: String] = [:]

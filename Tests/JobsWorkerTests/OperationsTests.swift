@@ -1,3 +1,4 @@
+import FinchAPI
 import FinchSandbox
 import Foundation
 import Hummingbird
@@ -50,6 +51,34 @@ struct OperationsTests {
             }
             await kafka.close()
         }
+    }
+
+    @Test("A log line is one JSON object: keys sorted, strings escaped, metadata nested and overridden by the event's, ts in UTC with milliseconds")
+    func logLines() throws {
+        let lines = Locked<[String]>([])
+        var logger = Logger(label: "ops") { label in JSONLogHandler(label: label, level: .info) { line in lines.withLock { $0.append(line) } } }
+        logger[metadataKey: "replica"] = "r-1"
+        logger[metadataKey: "topic"] = "from handler"
+        logger.info("quote \" backslash \\ newline \n tab \t bell \u{7} é /", metadata: [
+            "topic": "finch.refresh-requested", "partitions": .array(["a", "b"]), "nested": .dictionary(["z": "1", "a": .stringConvertible(2)]),
+        ])
+        logger.debug("below the level")
+        let written = lines.withLock { $0 }
+        #expect(written.count == 1)
+        let line = try #require(written.first)
+        #expect(line.hasSuffix("}\n") && !line.dropLast().contains("\n"), "one line")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        #expect(object["message"] as? String == "quote \" backslash \\ newline \n tab \t bell \u{7} é /")
+        #expect(object["topic"] as? String == "finch.refresh-requested")
+        #expect(object["replica"] as? String == "r-1")
+        #expect(object["partitions"] as? [String] == ["a", "b"])
+        #expect(object["nested"] as? [String: String] == ["a": "2", "z": "1"])
+        #expect(object["level"] as? String == "info" && object["logger"] as? String == "ops")
+        let keys = ["level", "logger", "message", "nested", "partitions", "replica", "source", "topic", "ts"]
+        let positions = keys.map { line.range(of: "\"\($0)\":")!.lowerBound }
+        #expect(positions == positions.sorted(), "keys in order")
+        let ts = try #require(object["ts"] as? String)
+        #expect(ts.count == 24 && ts.hasSuffix("Z") && FinchDate.parse(ts) != nil, "\(ts)")
     }
 
     @Test("No token appears in logs (debug level, librdkafka included), results, dead letters or metrics")
