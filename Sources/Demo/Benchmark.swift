@@ -13,6 +13,9 @@ public enum Benchmark {
         /// Events produced while the worker runs, against kcat producing and copying them.
         case stream
         case fanOut = "fan-out", steady
+        /// Distinct W-4 keys, Finch answering at once, the worker as its own process: its CPU
+        /// per Finch call.
+        case calls
         /// Only the consumer: our KafkaConsumer against kcat on the same small records.
         case consume
         /// The deduplicator's memory per remembered key, and its return after expiry.
@@ -26,6 +29,10 @@ public enum Benchmark {
         public var ingestConnections = 5_000
         /// fan-out: distinct connections, one event each, at this Finch latency.
         public var fanOutConnections = 10_000
+        /// calls: connections with 6 W-4 keys each.
+        public var callConnections = 2_000
+        /// calls: the `finch-jobs` binary whose worker is measured (this one when `nil`).
+        public var workerBinary: String?
         public var fanOutLatency: Duration = .milliseconds(100)
         public var maxInFlight = 64
         /// stream: events over connections, produced while the worker runs.
@@ -80,6 +87,7 @@ public enum Benchmark {
             case .stream: rows.append(try await stream(options, logger: logger, progress: progress))
             case .fanOut: rows.append(try await fanOut(options, logger: logger))
             case .steady: rows.append(try await steady(options, logger: logger))
+            case .calls: rows.append(try await calls(options, logger: logger, progress: progress))
             case .consume: rows.append(try await consume(options, logger: logger, progress: progress))
             case .memory: rows.append(memory(keys: options.memoryKeys))
             }
@@ -216,6 +224,65 @@ public enum Benchmark {
         process.waitUntilExit()
         guard process.terminationStatus == 0 else { throw EmbeddedStackError("kcat failed (exit \(process.terminationStatus)); is it installed?") }
         return (ContinuousClock.now - start).timeInterval
+    }
+
+    /// 12,000 distinct W-4 keys (2,000 connections, 6 individuals each), one event each,
+    /// Finch answering at once, the worker as its own process (this binary's `run`), so its
+    /// CPU time can be read apart from the brokers', the sandbox's and the reader's: CPU per
+    /// Finch call, and the wall time against kcat producing and copying the same records.
+    static func calls(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+        var stackOptions = EmbeddedStackConfiguration()
+        stackOptions.partitions = 16
+        stackOptions.connections = options.callConnections
+        stackOptions.deferWorkerStart = true
+        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(3_600))
+        return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
+            let topic = stack.configuration.inputTopics[1]
+            var events: [EventGenerator.Event] = []
+            for connection in 0..<options.callConnections {
+                for individual in 0..<6 {
+                    let id = "k-\(connection)-\(individual)"
+                    let value = #"{"type":"employee.w4.changed","event_id":"\#(id)","connection_id":"c-\#(connection)","individual_id":"i-\#(individual)"}"#
+                    events.append(EventGenerator.Event(id: id, kind: .w4, record: KafkaProducerRecord(topic: topic, key: Array("c-\(connection)".utf8), value: Array(value.utf8))))
+                }
+            }
+            let properties = KafkaMockCluster.consumerProperties.sorted { $0.key < $1.key }.flatMap { ["--kafka-config", "\($0.key)=\($0.value)"] }
+            let worker = try WorkerProcess(binary: options.workerBinary, arguments: [
+                "run", "--bootstrap-servers", stack.cluster.bootstrapServers, "--finch-base-url", stack.sandboxURL,
+                "--tokens-file", stack.configuration.tokensFile, "--http-port", "0", "--log-level", "info",
+                "--max-in-flight", "\(options.maxInFlight)", "--max-requests-per-second", "1000000", "--cluster-max-calls-per-minute", "1000000",
+            ] + properties)
+            defer { worker.stop() }
+            let collector = try stack.resultCollector(sentAt: Locked([:]), logger: logger)
+            let (seconds, cpu): (Double, Double) = try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { await collector.run() }
+                defer { tasks.cancelAll() }
+                try await waitFor("the worker process to join", timeout: .seconds(60)) { (try? worker.assigned) != false ? true : nil }
+                _ = try worker.assigned
+                try await waitFor("the reader to join", timeout: .seconds(60)) { collector.isReading ? true : nil }
+                let cpuBefore = try worker.cpuSeconds()
+                let start = ContinuousClock.now
+                await stack.produce(events, sentAt: nil)
+                try await waitFor("every event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
+                let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
+                let cpu = try worker.cpuSeconds() - cpuBefore
+                await collector.close()
+                return (seconds, cpu)
+            }
+            let calls = stack.sandbox.stats.enqueueCalls
+            progress("calls: \(calls) Finch calls answered in \(String(format: "%.2f s", seconds)); kcat producing and copying the same records")
+            let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, events: events, cluster: stack.cluster)
+            return Row(
+                scenario: "calls", events: events.count, seconds: seconds, eventsPerSecond: Double(events.count) / seconds,
+                resultsPerSecond: 0, finchCalls: calls,
+                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
+                passthroughPerSecond: Double(events.count) / kcat, ratioToPassthrough: kcat / seconds,
+                note: String(
+                    format: "%d distinct W-4 keys, Finch answering at once, the worker as its own process: %.0f µs of worker CPU per Finch call (%.2f s for %d calls), %.2f s until the last result; kcat producing and copying the same records: %.2f s (pass-through column)",
+                    events.count, cpu / Double(max(calls, 1)) * 1_000_000, cpu, calls, seconds, kcat
+                )
+            )
+        }
     }
 
     /// Distinct connections, one event each, Finch answering after a fixed latency: calls per

@@ -9,10 +9,10 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure throughput, latency and Finch calls on the embedded stack, against a bare librdkafka pass-through of the same records.",
-        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate) and consume (our consumer against kcat). Build with -c release for meaningful figures."
+        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate), calls (distinct W-4 keys, Finch latency 0, the worker as its own process: its CPU per Finch call, against kcat producing and copying the same records) and consume (our consumer against kcat). Build with -c release for meaningful figures."
     )
 
-    @Option(help: "Scenarios to run, comma-separated: ingest, stream, fan-out, steady, consume, memory, or all. (env FINCH_JOBS_SCENARIOS)")
+    @Option(help: "Scenarios to run, comma-separated: ingest, stream, fan-out, steady, calls, consume, memory, or all. (env FINCH_JOBS_SCENARIOS)")
     var scenarios: String = "all"
 
     @Option(help: "ingest: events in the backlog. (env FINCH_JOBS_EVENTS)")
@@ -29,6 +29,12 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(help: "fan-out: distinct connections, one event each. (env FINCH_JOBS_FAN_OUT_CONNECTIONS)")
     var fanOutConnections: Int = 10_000
+
+    @Option(help: "calls: connections with 6 distinct W-4 keys each. (env FINCH_JOBS_CALL_CONNECTIONS)")
+    var callConnections: Int = 2_000
+
+    @Option(help: "calls: the finch-jobs binary whose worker is measured, e.g. an earlier build's; this one by default. (env FINCH_JOBS_WORKER_BINARY)")
+    var workerBinary: String?
 
     @Option(help: "fan-out: Finch latency. (env FINCH_JOBS_FAN_OUT_LATENCY)")
     var fanOutLatency: DurationArgument = DurationArgument(.milliseconds(100))
@@ -71,7 +77,7 @@ struct BenchCommand: AsyncParsableCommand {
         _ = try parsedScenarios()
         guard events >= 1_000 else { throw ValidationError("--events must be at least 1000.") }
         guard streamEvents >= 1, streamConnections >= 1 else { throw ValidationError("--stream-events and --stream-connections must be at least 1.") }
-        guard connections >= 1, fanOutConnections >= 1 else { throw ValidationError("--connections and --fan-out-connections must be at least 1.") }
+        guard connections >= 1, fanOutConnections >= 1, callConnections >= 1 else { throw ValidationError("--connections, --fan-out-connections and --call-connections must be at least 1.") }
         guard maxInFlight >= 1 else { throw ValidationError("--max-in-flight must be at least 1.") }
         guard steadyRate >= 20 else { throw ValidationError("--steady-rate must be at least 20.") }
         guard partitions >= 1 else { throw ValidationError("--partitions must be at least 1.") }
@@ -89,6 +95,8 @@ struct BenchCommand: AsyncParsableCommand {
         options.ingestEvents = events
         options.ingestConnections = connections
         options.fanOutConnections = fanOutConnections
+        options.callConnections = callConnections
+        options.workerBinary = workerBinary
         options.fanOutLatency = fanOutLatency.duration
         options.maxInFlight = maxInFlight
         options.steadyRate = steadyRate
