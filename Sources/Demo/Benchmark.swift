@@ -13,6 +13,8 @@ public enum Benchmark {
         /// Events produced while the worker runs, against kcat producing and copying them.
         case stream
         case fanOut = "fan-out", steady
+        /// stream with the worker as its own process: its CPU per event.
+        case streamProcess = "stream-process"
         /// Distinct W-4 keys, Finch answering at once, the worker as its own process: its CPU
         /// per Finch call.
         case calls
@@ -84,7 +86,8 @@ public enum Benchmark {
             progress("running \(scenario.rawValue)…")
             switch scenario {
             case .ingest: rows.append(try await ingest(options, logger: logger, progress: progress))
-            case .stream: rows.append(try await stream(options, logger: logger, progress: progress))
+            case .stream: rows.append(try await stream(options, ownProcess: false, logger: logger, progress: progress))
+            case .streamProcess: rows.append(try await stream(options, ownProcess: true, logger: logger, progress: progress))
             case .fanOut: rows.append(try await fanOut(options, logger: logger))
             case .steady: rows.append(try await steady(options, logger: logger))
             case .calls: rows.append(try await calls(options, logger: logger, progress: progress))
@@ -155,8 +158,9 @@ public enum Benchmark {
     /// produced until the last result is readable; against kcat producing the same records
     /// and copying them consume-to-produce through the same cluster (`ratio` > 1: we are
     /// faster than that copy).
-    static func stream(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+    static func stream(_ options: Options, ownProcess: Bool, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
         var stackOptions = EmbeddedStackConfiguration()
+        stackOptions.deferWorkerStart = ownProcess
         stackOptions.partitions = 16
         stackOptions.connections = options.streamConnections
         stackOptions.maxInFlight = options.maxInFlight
@@ -172,27 +176,37 @@ public enum Benchmark {
             let events = generator.events(count: options.streamEvents, prefix: "t", using: &random)
             let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
             let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
-            let ours: Double = try await withThrowingTaskGroup(of: Void.self) { tasks in
+            let worker = ownProcess ? try workerProcess(stack, options, extra: ["--max-buffered-events", "200000"]) : nil
+            defer { worker?.stop() }
+            let (ours, cpu): (Double, Double?) = try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
-                try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                if let worker {
+                    try await waitFor("the worker process to join", timeout: .seconds(60)) { (try? worker.assigned) != false ? true : nil }
+                    _ = try worker.assigned
+                } else {
+                    try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                }
+                try await waitFor("the reader to join", timeout: .seconds(60)) { collector.isReading ? true : nil }
+                let cpuBefore = try worker?.cpuSeconds()
                 let start = ContinuousClock.now
                 await stack.produce(events, sentAt: nil)
                 progress("stream: \(events.count) events produced (acknowledged) in \(format(ContinuousClock.now - start)); answered so far \(collector.snapshot.answered)")
                 try await waitFor("every streamed event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
+                let cpu = try worker.map { try $0.cpuSeconds() - (cpuBefore ?? 0) }
                 await collector.close()
-                return seconds
+                return (seconds, cpu)
             }
             try checkNoOffsetReset(stack)
             progress("stream: answered in \(String(format: "%.2f s", ours)); kcat producing and copying the same records")
             let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, events: events, cluster: stack.cluster)
             return Row(
-                scenario: "stream", events: events.count, seconds: ours, eventsPerSecond: Double(events.count) / ours,
+                scenario: ownProcess ? "stream-process" : "stream", events: events.count, seconds: ours, eventsPerSecond: Double(events.count) / ours,
                 resultsPerSecond: 0, finchCalls: stack.sandbox.stats.enqueueCalls,
                 latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
                 passthroughPerSecond: Double(events.count) / kcat, ratioToPassthrough: kcat / ours,
-                note: String(format: "%d events over %d connections produced while the worker runs, until the last result is readable: %.2f s; kcat producing them and copying them consume-to-produce through the same cluster: %.2f s (pass-through column)", events.count, options.streamConnections, ours, kcat)
+                note: String(format: "%d events over %d connections produced while the worker runs%@, until the last result is readable: %.2f s; kcat producing them and copying them consume-to-produce through the same cluster: %.2f s (pass-through column)", events.count, options.streamConnections, cpu.map { String(format: " as its own process (%.2f s of its CPU, %.1f µs an event)", $0, $0 / Double(events.count) * 1_000_000) } ?? "", ours, kcat)
             )
         }
     }
@@ -226,6 +240,16 @@ public enum Benchmark {
         return (ContinuousClock.now - start).timeInterval
     }
 
+    /// `finch-jobs run` (this binary's, or `--worker-binary`) against the embedded stack.
+    static func workerProcess(_ stack: EmbeddedStack, _ options: Options, extra: [String]) throws -> WorkerProcess {
+        let properties = KafkaMockCluster.consumerProperties.sorted { $0.key < $1.key }.flatMap { ["--kafka-config", "\($0.key)=\($0.value)"] }
+        return try WorkerProcess(binary: options.workerBinary, arguments: [
+            "run", "--bootstrap-servers", stack.cluster.bootstrapServers, "--finch-base-url", stack.sandboxURL,
+            "--tokens-file", stack.configuration.tokensFile, "--http-port", "0", "--log-level", "info",
+            "--max-in-flight", "\(options.maxInFlight)", "--max-requests-per-second", "1000000", "--cluster-max-calls-per-minute", "1000000",
+        ] + extra + properties)
+    }
+
     /// 12,000 distinct W-4 keys (2,000 connections, 6 individuals each), one event each,
     /// Finch answering at once, the worker as its own process (this binary's `run`), so its
     /// CPU time can be read apart from the brokers', the sandbox's and the reader's: CPU per
@@ -246,12 +270,7 @@ public enum Benchmark {
                     events.append(EventGenerator.Event(id: id, kind: .w4, record: KafkaProducerRecord(topic: topic, key: Array("c-\(connection)".utf8), value: Array(value.utf8))))
                 }
             }
-            let properties = KafkaMockCluster.consumerProperties.sorted { $0.key < $1.key }.flatMap { ["--kafka-config", "\($0.key)=\($0.value)"] }
-            let worker = try WorkerProcess(binary: options.workerBinary, arguments: [
-                "run", "--bootstrap-servers", stack.cluster.bootstrapServers, "--finch-base-url", stack.sandboxURL,
-                "--tokens-file", stack.configuration.tokensFile, "--http-port", "0", "--log-level", "info",
-                "--max-in-flight", "\(options.maxInFlight)", "--max-requests-per-second", "1000000", "--cluster-max-calls-per-minute", "1000000",
-            ] + properties)
+            let worker = try workerProcess(stack, options, extra: [])
             defer { worker.stop() }
             let collector = try stack.resultCollector(sentAt: Locked([:]), logger: logger)
             let (seconds, cpu): (Double, Double) = try await withThrowingTaskGroup(of: Void.self) { tasks in
@@ -581,10 +600,10 @@ public enum Benchmark {
     /// The rows as a table for people.
     public static func table(_ rows: [Row]) -> String {
         func ms(_ value: Double?) -> String { value.map { String(format: "%.0f", $0 * 1_000) } ?? "-" }
-        var lines = ["scenario   events    seconds  events/s  results/s  Finch calls  p50 ms  p95 ms  p99 ms  max ms  peak MiB  pass-through/s  ratio"]
+        var lines = ["scenario         events    seconds  events/s  results/s  Finch calls  p50 ms  p95 ms  p99 ms  max ms  peak MiB  pass-through/s  ratio"]
         for row in rows {
             lines.append([
-                row.scenario.padding(toLength: 9, withPad: " ", startingAt: 0),
+                row.scenario.padding(toLength: 15, withPad: " ", startingAt: 0),
                 String(format: "%7d", row.events), String(format: "%9.1f", row.seconds),
                 String(format: "%9.0f", row.eventsPerSecond), String(format: "%10.0f", row.resultsPerSecond),
                 String(format: "%12d", row.finchCalls),
