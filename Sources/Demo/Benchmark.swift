@@ -195,6 +195,7 @@ public enum Benchmark {
                 try await waitFor("every streamed event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 let cpu = try worker.map { try $0.cpuSeconds() - (cpuBefore ?? 0) }
+                try worker?.checkNoOffsetReset()
                 await collector.close()
                 return (seconds, cpu)
             }
@@ -204,7 +205,8 @@ public enum Benchmark {
             return Row(
                 scenario: ownProcess ? "stream-process" : "stream", events: events.count, seconds: ours, eventsPerSecond: Double(events.count) / ours,
                 resultsPerSecond: 0, finchCalls: stack.sandbox.stats.enqueueCalls,
-                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
+                // With the worker as its own process, its memory, not this process's.
+                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: worker?.peakMemoryMiB() ?? peakMemoryMiB(),
                 passthroughPerSecond: Double(events.count) / kcat, ratioToPassthrough: kcat / ours,
                 note: String(format: "%d events over %d connections produced while the worker runs%@, until the last result is readable: %.2f s; kcat producing them and copying them consume-to-produce through the same cluster: %.2f s (pass-through column)", events.count, options.streamConnections, cpu.map { String(format: " as its own process (%.2f s of its CPU, %.1f µs an event)", $0, $0 / Double(events.count) * 1_000_000) } ?? "", ours, kcat)
             )
@@ -285,6 +287,7 @@ public enum Benchmark {
                 try await waitFor("every event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 let cpu = try worker.cpuSeconds() - cpuBefore
+                try worker.checkNoOffsetReset()
                 await collector.close()
                 return (seconds, cpu)
             }
@@ -294,7 +297,7 @@ public enum Benchmark {
             return Row(
                 scenario: "calls", events: events.count, seconds: seconds, eventsPerSecond: Double(events.count) / seconds,
                 resultsPerSecond: 0, finchCalls: calls,
-                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
+                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: worker.peakMemoryMiB(),
                 passthroughPerSecond: Double(events.count) / kcat, ratioToPassthrough: kcat / seconds,
                 note: String(
                     format: "%d distinct W-4 keys, Finch answering at once, the worker as its own process: %.0f µs of worker CPU per Finch call (%.2f s for %d calls), %.2f s until the last result; kcat producing and copying the same records: %.2f s (pass-through column)",

@@ -5,8 +5,15 @@ import JobsWorker
 /// everything else in the benchmark's process.
 final class WorkerProcess: Sendable {
     private let process: Process
-    private let joined = Locked(false)
-    private let lastLines = Locked<[String]>([])
+    /// What its log said so far: whether partitions were assigned, whether librdkafka reset
+    /// a position (records lost to retention: the figures are void), the last lines.
+    private struct Seen: Sendable {
+        var assigned = false
+        var offsetReset = false
+        var partial = ""
+        var last: [String] = []
+    }
+    private let seen = Locked(Seen())
 
     /// - Parameter binary: the `finch-jobs` to run; this one when `nil` (another build's, to
     ///   compare before and after a change).
@@ -18,10 +25,19 @@ final class WorkerProcess: Sendable {
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
-        stderr.fileHandleForReading.readabilityHandler = { [joined, lastLines] handle in
+        stderr.fileHandleForReading.readabilityHandler = { [seen] handle in
             let text = String(decoding: handle.availableData, as: UTF8.self)
-            if text.contains("\"partitions assigned\"") { joined.withLock { $0 = true } }
-            lastLines.withLock { $0 = Array(($0 + text.split(separator: "\n").map(String.init)).suffix(5)) }
+            seen.withLock { seen in
+                seen.partial += text
+                // Whole lines only: a line can arrive in two reads.
+                while let newline = seen.partial.firstIndex(of: "\n") {
+                    let line = String(seen.partial[..<newline])
+                    seen.partial = String(seen.partial[seen.partial.index(after: newline)...])
+                    if line.contains("\"partitions assigned\"") { seen.assigned = true }
+                    if line.contains("\"librdkafka.facility\":\"OFFSET\"") { seen.offsetReset = true }
+                    seen.last = Array((seen.last + [line]).suffix(5))
+                }
+            }
         }
         try process.run()
         self.process = process
@@ -31,9 +47,9 @@ final class WorkerProcess: Sendable {
     var assigned: Bool {
         get throws {
             guard process.isRunning else {
-                throw EmbeddedStackError("the worker process exited (\(process.terminationStatus)): \(lastLines.withLock { $0 }.joined(separator: "\n"))")
+                throw EmbeddedStackError("the worker process exited (\(process.terminationStatus)): \(seen.withLock { $0.last }.joined(separator: "\n"))")
             }
-            return joined.withLock { $0 }
+            return seen.withLock { $0.assigned }
         }
     }
 
@@ -47,6 +63,22 @@ final class WorkerProcess: Sendable {
             throw EmbeddedStackError("unreadable /proc stat: \(stat)")
         }
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// Throws when librdkafka reset one of its positions (the mock cluster's retention
+    /// overtook it): the figures are void.
+    func checkNoOffsetReset() throws {
+        if seen.withLock({ $0.offsetReset }) {
+            throw EmbeddedStackError("the worker process's position was reset (mock cluster retention overtook it): the figures are void; use more partitions")
+        }
+    }
+
+    /// Its peak resident memory (VmHWM), in MiB.
+    func peakMemoryMiB() -> Double {
+        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
+        let kilobytes = line.flatMap { Double($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
+        return kilobytes / 1_024
     }
 
     /// SIGTERM, then SIGKILL if it is still running 10 s later.

@@ -8,6 +8,9 @@ public enum FinchDate {
     /// `2026-11-29T14:20:54.195Z`: UTC, milliseconds (truncated). Written by hand: the ISO
     /// 8601 format style cost 2 % of the worker's CPU, at a few dates per Finch call.
     public static func format(_ date: Date) -> String {
+        // Years 1970 to 9999 by hand; any other date (a year Finch or a webhook sent that
+        // does not fit four digits, or before the epoch) through Foundation's style.
+        guard date.timeIntervalSince1970 >= 0, date.timeIntervalSince1970 < 253_402_300_800 else { return date.formatted(withFraction) }
         let (seconds, milliseconds) = Int64((date.timeIntervalSince1970 * 1_000).rounded(.down)).quotientAndRemainder(dividingBy: 1_000)
         var time = time_t(milliseconds < 0 ? seconds - 1 : seconds)
         var parts = tm()

@@ -18,6 +18,10 @@ struct FinchClientWireTests {
             #expect(FinchDate.format(date) == date.formatted(style), "\(seconds)")
             #expect(FinchDate.parse(FinchDate.format(date)).map { abs($0.timeIntervalSince(date)) < 0.001 } == true)
         }
+        // Years that do not fit four digits, and dates before the epoch, as Foundation writes them.
+        let odd = ["10000-01-01T00:00:00Z", "300000000-01-01T00:00:00Z", "0000-01-01T00:00:00Z", "1969-12-31T23:59:59.999Z"].compactMap(FinchDate.parse)
+        #expect(odd.count >= 3, "Foundation reads these")
+        for date in odd { #expect(FinchDate.format(date) == date.formatted(style), "\(date.timeIntervalSince1970)") }
     }
 
     struct SeenRequest: Sendable {
