@@ -11,9 +11,6 @@ struct DecisionHolds: Sendable {
     private var waiting: [UInt64: [RecordPosition]] = [:]
     private var last: UInt64 = 0
 
-    /// Decision records not answered yet.
-    var count: Int { waiting.count }
-
     /// A new hold, for the results of one decision record.
     mutating func hold() -> UInt64 {
         last += 1
