@@ -400,21 +400,43 @@ final class WorkerDriver: Sendable {
 
     /// Produces a decision record and reports Kafka's answer for `hold`, whatever the answer:
     /// a decision that could not be written costs at most a call later, while holding its
-    /// events back could stall their partitions.
-    private func recordDecision(_ entry: DecisionLogEntry, hold: UInt64?) {
+    /// events back could stall their partitions. A decision announcing results (with a `hold`)
+    /// refused before it was queued, for a reason worth trying again (the local queue full),
+    /// is produced again with the results' backoff, up to ``decisionAttempts`` times: its
+    /// events wait for it meanwhile.
+    private func recordDecision(_ entry: DecisionLogEntry, hold: UInt64?, attempt: Int = 1) {
         let record: KafkaProducerRecord = switch entry {
         case .decision(let decision): decision.record(topic: configuration.decisionsTopic, now: now())
         case .completion(let completion): completion.record(topic: configuration.decisionsTopic)
         case .account(let account): account.record(topic: configuration.decisionsTopic)
         }
         let refused = producer.send(record) { [self] delivery in
-            decisionWritten(entry, delivery.map { _ in () })
-            if let hold { input { $0.decisionWritten(hold: hold) } }
+            decisionAnswered(entry, hold: hold, delivery.map { _ in () })
         }
-        if let refused {
-            decisionWritten(entry, .failure(refused))
-            if let hold { input { $0.decisionWritten(hold: hold) } }
+        guard let refused else { return }
+        // Only a decision that announces results is tried again: an in-flight record or a
+        // tombstone produced late could land after a newer record for its key and stand for it
+        // in the compacted log.
+        guard hold != nil, attempt < Self.decisionAttempts, WorkerStateMachine.PublishFailure(refused, attempts: attempt) == .retriable else {
+            return decisionAnswered(entry, hold: hold, .failure(refused))
         }
+        let delay = min(Duration.milliseconds(100) * (1 << (attempt - 1)), .seconds(5))
+        schedule(onDropped: { [self] in decisionAnswered(entry, hold: hold, .failure(refused)) }) { [self] in
+            do {
+                try await Task.sleep(for: delay)
+            } catch {
+                return decisionAnswered(entry, hold: hold, .failure(refused))
+            }
+            recordDecision(entry, hold: hold, attempt: attempt + 1)
+        }
+    }
+
+    /// Attempts at a decision record refused before it was queued (about 11 s of backoff).
+    static let decisionAttempts = 8
+
+    private func decisionAnswered(_ entry: DecisionLogEntry, hold: UInt64?, _ outcome: Result<Void, KafkaError>) {
+        decisionWritten(entry, outcome)
+        if let hold { input { $0.decisionWritten(hold: hold) } }
     }
 
     private func decisionWritten(_ entry: DecisionLogEntry, _ outcome: Result<Void, KafkaError>) {

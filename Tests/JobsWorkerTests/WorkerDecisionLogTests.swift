@@ -30,6 +30,34 @@ struct WorkerDecisionLogTests {
         registry.emitToString().split(separator: "\n").first { $0.hasPrefix(line + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
     }
 
+    @Test("A full producer queue loses no decision: a decision record Kafka's local queue refuses is produced again, and a restarted replica makes no call for any key decided before")
+    func fullQueueLosesNoDecision() async throws {
+        let tokens = makeTokens(40)
+        let tokensFile = try writeTokensFile(tokens)
+        try await withSandbox(settings: SandboxSettings(allowedRefreshes: 10, jobDuration: .seconds(600)), tokens: tokens) { sandbox, url in
+            let kafka = try EmbeddedKafka(partitions: 4)
+            var configuration = kafka.workerConfiguration(finchBaseURL: url, tokensFile: tokensFile)
+            configuration.reuseWindow = .seconds(600)
+            // A local queue of 3 records: most of the 40 decisions and their results are
+            // refused with QUEUE_FULL at first.
+            configuration.kafkaProperties["queue.buffering.max.messages"] = "3"
+            let worker = try kafka.startWorker(configuration)
+            try await kafka.produce(events(kafka, wave: "one", connections: 40, w4PerConnection: 0))
+            try await kafka.waitForAnswers(ids(wave: "one", connections: 40, w4PerConnection: 0))
+            let callsBefore = sandbox.stats.enqueueCalls
+            #expect(callsBefore == 40, "one call per key")
+            try await worker.stop()
+
+            configuration.kafkaProperties["queue.buffering.max.messages"] = nil
+            let restarted = try kafka.startWorker(configuration)
+            try await kafka.produce(events(kafka, wave: "two", connections: 40, w4PerConnection: 0))
+            try await kafka.waitForAnswers(ids(wave: "two", connections: 40, w4PerConnection: 0))
+            #expect(sandbox.stats.enqueueCalls == callsBefore, "every decision reached the log")
+            try await restarted.stop()
+            await kafka.close()
+        }
+    }
+
     @Test("All replicas restarted inside the reuse window: no Finch call for any key decided before, every event answered from the restored memory")
     func restartAll() async throws {
         let tokens = makeTokens(50)
