@@ -420,7 +420,7 @@ final class WorkerDriver: Sendable {
         guard hold != nil, attempt < Self.decisionAttempts, WorkerStateMachine.PublishFailure(refused, attempts: attempt) == .retriable else {
             return decisionAnswered(entry, hold: hold, .failure(refused))
         }
-        let delay = min(Duration.milliseconds(100) * (1 << (attempt - 1)), .seconds(5))
+        let delay = state.withLock { $0.configuration.republishDelay(afterAttempts: attempt) }
         schedule(onDropped: { [self] in decisionAnswered(entry, hold: hold, .failure(refused)) }) { [self] in
             do {
                 try await Task.sleep(for: delay)

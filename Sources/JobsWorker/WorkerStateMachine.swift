@@ -33,6 +33,11 @@ struct WorkerStateMachine: Sendable {
         /// The first delay before producing a refused record again; doubles up to `maxRepublishDelay`.
         var republishDelay: Duration = .milliseconds(100)
         var maxRepublishDelay: Duration = .seconds(5)
+
+        /// The delay before producing a record again after `attempts` refused attempts.
+        func republishDelay(afterAttempts attempts: Int) -> Duration {
+            min(republishDelay * (1 << max(0, min(attempts - 1, 16))), maxRepublishDelay)
+        }
         /// Whether decisions go to the decision log (the events a decision answers are
         /// answered once its record is answered too), and this process's id in the records it
         /// writes.
@@ -536,9 +541,7 @@ struct WorkerStateMachine: Sendable {
         var next = publication
         switch failure {
         case .retriable:
-            let exponent = min(publication.attempts - 1, 16)
-            let delay = min(configuration.republishDelay * (1 << max(0, exponent)), configuration.maxRepublishDelay)
-            return [.republish(next, after: delay)]
+            return [.republish(next, after: configuration.republishDelay(afterAttempts: publication.attempts))]
         case .tooLarge:
             if case .deadLetter(let record, let reason, let truncation) = publication.content, truncation < .everything {
                 next.content = .deadLetter(record, reason, DeadLetter.Truncation(rawValue: truncation.rawValue + 1)!)
