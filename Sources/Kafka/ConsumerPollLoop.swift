@@ -20,11 +20,12 @@ struct PollLoop: Sendable {
         let logger = core.logger
         let continuation = core.continuation
         core.pending.reserve(batchSize)
+        var topics = TopicNames()
         var fatal = false
         while !shouldStop() {
             applyFlowChange(rk)
             if let first = rd_kafka_consumer_poll(rk, pollTimeoutMs) {
-                take(first)
+                take(first, topics: &topics)
                 // Then what else is ready, without waiting. One rd_kafka_consumer_poll per
                 // record, not rd_kafka_consume_batch_queue: in 2.0.2 the batch call marks
                 // records consumed before a pause, seek or rebalance (which librdkafka itself
@@ -33,7 +34,7 @@ struct PollLoop: Sendable {
                 // A rebalance served by one of these polls hands over what was taken before
                 // it, first (ConsumerRebalancer).
                 while core.pending.count < batchSize, let message = rd_kafka_consumer_poll(rk, 0) {
-                    take(message)
+                    take(message, topics: &topics)
                 }
                 core.handOverPending()
             }
@@ -122,9 +123,9 @@ struct PollLoop: Sendable {
     }
 
     /// Copies one message into the pending batch (or reports its error) and destroys it.
-    private func take(_ message: UnsafeMutablePointer<rd_kafka_message_t>) {
+    private func take(_ message: UnsafeMutablePointer<rd_kafka_message_t>, topics: inout TopicNames) {
         defer { rd_kafka_message_destroy(message) }
-        switch KafkaRecord.copying(message) {
+        switch KafkaRecord.copying(message, topics: &topics) {
         case .success(let record):
             core.pending.append(record)
         case .failure(let error):

@@ -241,8 +241,16 @@ final class ConsumerCore: Sendable {
     func handOverPending() {
         let records = pending.take()
         guard !records.isEmpty else { return }
+        // Records come in runs of one partition: one dictionary update per run, not per record.
         var next: [TopicPartition: Int64] = [:]
-        for record in records { next[record.topicPartition] = record.offset + 1 }
+        var last = records[0]
+        for record in records.dropFirst() {
+            if record.partition != last.partition || record.topic != last.topic {
+                next[last.topicPartition] = last.offset + 1
+            }
+            last = record
+        }
+        next[last.topicPartition] = last.offset + 1
         state.withLock { $0.delivered(next) }
         handOff.waitForRoom()
         continuation.yield(.records(records))

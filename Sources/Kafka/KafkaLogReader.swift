@@ -93,6 +93,7 @@ public final class KafkaLogReader: Sendable {
                 }
                 announceIfCaughtUp()
                 var batch: [KafkaRecord] = []
+                var topics = TopicNames()
                 while !shouldStop() {
                     guard let message = rd_kafka_consumer_poll(client.pointer, batch.isEmpty ? 100 : 0) else {
                         if !batch.isEmpty {
@@ -108,7 +109,7 @@ public final class KafkaLogReader: Sendable {
                         if let end = ends[m.partition], m.offset >= end { pending.remove(m.partition) }
                         continue
                     }
-                    switch KafkaRecord.copying(message) {
+                    switch KafkaRecord.copying(message, topics: &topics) {
                     case .success(let record):
                         if let end = ends[record.partition], record.offset + 1 >= end { pending.remove(record.partition) }
                         batch.append(record)

@@ -17,29 +17,52 @@ public struct KafkaHeader: Sendable, Hashable {
 }
 
 /// A consumed record, copied out of librdkafka's buffers.
+///
+/// Its fields live in one shared, immutable box: a record is copied several times on its way
+/// through a batch (decoded beside its value, kept for a dead letter), and a copy is one
+/// reference count, not one per field.
 public struct KafkaRecord: Sendable {
-    public let topic: String
-    public let partition: Int32
-    public let offset: Int64
+    private final class Storage: Sendable {
+        let topic: String
+        let partition: Int32
+        let offset: Int64
+        let key: [UInt8]?
+        let value: [UInt8]?
+        let headers: [KafkaHeader]
+        let timestampMilliseconds: Int64?
+
+        init(topic: String, partition: Int32, offset: Int64, key: [UInt8]?, value: [UInt8]?, headers: [KafkaHeader], timestampMilliseconds: Int64?) {
+            self.topic = topic
+            self.partition = partition
+            self.offset = offset
+            self.key = key
+            self.value = value
+            self.headers = headers
+            self.timestampMilliseconds = timestampMilliseconds
+        }
+    }
+
+    private let storage: Storage
+
+    public var topic: String { storage.topic }
+    public var partition: Int32 { storage.partition }
+    public var offset: Int64 { storage.offset }
     /// `nil` when the record has no key.
-    public let key: [UInt8]?
+    public var key: [UInt8]? { storage.key }
     /// `nil` for a tombstone (a record with a null value).
-    public let value: [UInt8]?
-    public let headers: [KafkaHeader]
+    public var value: [UInt8]? { storage.value }
+    public var headers: [KafkaHeader] { storage.headers }
     /// Milliseconds since the Unix epoch, when the record carries a timestamp.
-    public let timestampMilliseconds: Int64?
+    public var timestampMilliseconds: Int64? { storage.timestampMilliseconds }
 
     public init(
         topic: String, partition: Int32, offset: Int64, key: [UInt8]?, value: [UInt8]?,
         headers: [KafkaHeader] = [], timestampMilliseconds: Int64? = nil
     ) {
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.key = key
-        self.value = value
-        self.headers = headers
-        self.timestampMilliseconds = timestampMilliseconds
+        storage = Storage(
+            topic: topic, partition: partition, offset: offset, key: key, value: value,
+            headers: headers, timestampMilliseconds: timestampMilliseconds
+        )
     }
 
     public var topicPartition: TopicPartition { TopicPartition(topic: topic, partition: partition) }
