@@ -32,7 +32,12 @@ package struct OffsetTracker: Sendable {
         var unanswered: Int { pending.count - done.count - abandoned.count }
     }
 
+    private typealias Slot = Dictionary<TopicPartition, PartitionState>.Index
+
     private var partitions: [TopicPartition: PartitionState] = [:]
+    /// The partition looked up last and where it is: records come in runs of one partition,
+    /// so most lookups skip hashing the topic. Valid until a partition is added or removed.
+    private var lastFound: (partition: TopicPartition, slot: Slot)?
     private var nextGeneration: UInt64 = 1
     /// Records received and not yet answered, over all partitions.
     package private(set) var unanswered = 0
@@ -56,8 +61,16 @@ package struct OffsetTracker: Sendable {
 
     package func isAssigned(_ partition: TopicPartition) -> Bool { partitions[partition] != nil }
 
+    private mutating func slot(_ partition: TopicPartition) -> Slot? {
+        if let lastFound, lastFound.partition == partition { return lastFound.slot }
+        guard let slot = partitions.index(forKey: partition) else { return nil }
+        lastFound = (partition, slot)
+        return slot
+    }
+
     /// Starts tracking newly assigned partitions (a new generation each time).
     package mutating func assign(_ added: [TopicPartition]) {
+        lastFound = nil
         for partition in added {
             if let old = partitions[partition] { unanswered -= old.unanswered }
             partitions[partition] = PartitionState(generation: nextGeneration)
@@ -67,6 +80,7 @@ package struct OffsetTracker: Sendable {
 
     /// Stops tracking partitions; later completions for them are ignored.
     package mutating func remove(_ removed: [TopicPartition]) {
+        lastFound = nil
         for partition in removed {
             if let old = partitions.removeValue(forKey: partition) {
                 unanswered -= old.unanswered
@@ -76,10 +90,10 @@ package struct OffsetTracker: Sendable {
 
     /// Registers a received record.
     package mutating func receive(_ partition: TopicPartition, offset: Int64) -> Reception {
-        // In place (`partitions[partition]!`): a copy of the state would copy its whole
-        // pending queue on every record.
-        guard partitions[partition] != nil else { return .unassigned }
-        let reception = Self.receive(offset, partition: partition, in: &partitions[partition]!)
+        // In place (through `values`): a copy of the state would copy its whole pending
+        // queue on every record.
+        guard let slot = slot(partition) else { return .unassigned }
+        let reception = Self.receive(offset, partition: partition, in: &partitions.values[slot])
         switch reception {
         case .accepted, .rewound: unanswered += 1
         case .duplicate, .unassigned: break
@@ -115,8 +129,8 @@ package struct OffsetTracker: Sendable {
     /// Gives up on a record whose answer cannot be published: it stops counting as unanswered
     /// (so drains can finish) but its partition's watermark never passes it.
     package mutating func abandon(_ position: RecordPosition) {
-        guard partitions[position.partition]?.generation == position.generation else { return }
-        let abandoned = Self.abandon(position.offset, in: &partitions[position.partition]!)
+        guard let slot = slot(position.partition), partitions.values[slot].generation == position.generation else { return }
+        let abandoned = Self.abandon(position.offset, in: &partitions.values[slot])
         if abandoned { unanswered -= 1 }
     }
 
@@ -126,12 +140,18 @@ package struct OffsetTracker: Sendable {
 
     /// Marks a record answered.
     package mutating func complete(_ position: RecordPosition) {
-        guard partitions[position.partition]?.generation == position.generation else { return }
-        unanswered -= Self.complete(position.offset, in: &partitions[position.partition]!)
+        guard let slot = slot(position.partition), partitions.values[slot].generation == position.generation else { return }
+        unanswered -= Self.complete(position.offset, in: &partitions.values[slot])
     }
 
     /// - Returns: by how much the unanswered count goes down (0 or 1).
     private static func complete(_ offset: Int64, in state: inout PartitionState) -> Int {
+        // The common case, answers in offset order: the oldest pending record, nothing
+        // answered or abandoned behind it waiting.
+        if state.pending.first == offset, state.done.isEmpty, state.abandoned.isEmpty {
+            state.pending.removeFirst()
+            return 1
+        }
         guard state.done.insert(offset).inserted else { return 0 }
         let wasUnanswered = state.abandoned.remove(offset) == nil
         while let first = state.pending.first, state.done.remove(first) != nil {
@@ -163,8 +183,10 @@ package struct OffsetTracker: Sendable {
     package mutating func advancedWatermarks(in only: [TopicPartition]? = nil) -> [TopicPartition: Int64] {
         var moved: [TopicPartition: Int64] = [:]
         for partition in only ?? Array(partitions.keys) {
-            guard let mark = watermark(partition), partitions[partition]?.stored != mark else { continue }
-            partitions[partition]?.stored = mark
+            guard let slot = slot(partition) else { continue }
+            guard let mark = partitions.values[slot].pending.first ?? partitions.values[slot].next,
+                  partitions.values[slot].stored != mark else { continue }
+            partitions.values[slot].stored = mark
             moved[partition] = mark
         }
         return moved
