@@ -53,7 +53,8 @@ public struct EventDecoder: Sendable {
         case .string(let value)?:
             guard !value.isEmpty else { throw .invalidField(name, "must not be empty") }
             // Counted in Unicode code points, as JSON Schema's maxLength counts.
-            guard value.unicodeScalars.count <= Self.maxFieldLength else {
+            // (Never more code points than UTF-8 bytes: most values need no count.)
+            guard value.utf8.count <= Self.maxFieldLength || value.unicodeScalars.count <= Self.maxFieldLength else {
                 throw .invalidField(name, "is longer than \(Self.maxFieldLength) characters")
             }
             return value

@@ -100,15 +100,19 @@ final class WorkerDriver: Sendable {
             receiveWebhooks(webhooks)
             if records.isEmpty { return }
         }
-        let decoded = records.map { (record: $0, decoded: decoder.decode($0.value)) }
-        var consumed: [String: Int] = [:]
-        for item in decoded {
-            switch item.decoded {
-            case .success(let event): consumed[event.kind.rawValue, default: 0] += 1
-            case .failure: consumed["invalid", default: 0] += 1
+        var refreshes = 0, w4Changes = 0, invalid = 0
+        let decoded = records.map { record in
+            let decoded = decoder.decode(record.value)
+            switch decoded {
+            case .success(let event) where event.kind == .refreshRequested: refreshes += 1
+            case .success: w4Changes += 1
+            case .failure: invalid += 1
             }
+            return (record: record, decoded: decoded)
         }
-        for (type, count) in consumed { metrics.eventConsumed(type: type, count: count) }
+        for (type, count) in [(JobEvent.Kind.refreshRequested.rawValue, refreshes), (JobEvent.Kind.w4Changed.rawValue, w4Changes), ("invalid", invalid)] where count > 0 {
+            metrics.eventConsumed(type: type, count: count)
+        }
         let now = self.now()
         input { $0.admit(decoded, now: now) }
     }
