@@ -149,7 +149,7 @@ let package = Package(
         // Runs the built `finch-jobs` binary as a child process (`swift build` first).
         .testTarget(
             name: "CommandTests",
-            dependencies: ["TestSupport", "Kafka", "FinchSandbox", .product(name: "Yams", package: "Yams")]
+            dependencies: ["TestSupport", "Kafka", "FinchSandbox", "Demo", "JobsWorker", "FinchAPI", .product(name: "Yams", package: "Yams")]
         ),
     ],
     swiftLanguageModes: [.v6]

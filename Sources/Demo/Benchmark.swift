@@ -199,12 +199,13 @@ public enum Benchmark {
                 await collector.close()
                 return (seconds, cpu)
             }
+            let results = collector.snapshot.results
             try checkNoOffsetReset(stack)
             progress("stream: answered in \(String(format: "%.2f s", ours)); kcat producing and copying the same records")
             let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, events: events, cluster: stack.cluster)
             return Row(
                 scenario: ownProcess ? "stream-process" : "stream", events: events.count, seconds: ours, eventsPerSecond: Double(events.count) / ours,
-                resultsPerSecond: 0, finchCalls: stack.sandbox.stats.enqueueCalls,
+                resultsPerSecond: Double(results) / ours, finchCalls: stack.sandbox.stats.enqueueCalls,
                 // With the worker as its own process, its memory, not this process's.
                 latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: worker?.peakMemoryMiB() ?? peakMemoryMiB(),
                 passthroughPerSecond: Double(events.count) / kcat, ratioToPassthrough: kcat / ours,
