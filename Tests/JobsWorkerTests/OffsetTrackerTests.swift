@@ -39,6 +39,55 @@ struct OffsetTrackerTests {
         #expect(tracker.unanswered == 0)
     }
 
+    @Test("Interleaved partitions, answers in and out of order, partitions assigned and removed: watermarks and counts match a plain model")
+    func matchesModel() throws {
+        struct Model { var pending: [Int64] = []; var next: Int64 = 0 }
+        var random = SystemRandomNumberGenerator()
+        let partitions = (0..<6).map { TopicPartition(topic: "finch.refresh-requested", partition: Int32($0)) }
+        var tracker = OffsetTracker()
+        var model: [TopicPartition: Model] = [:]
+        var open: [RecordPosition] = []
+        for step in 0..<20_000 {
+            let partition = partitions.randomElement(using: &random)!
+            switch Int.random(in: 0..<100, using: &random) {
+            case 0..<2:
+                // (Re)assigned: a new generation; earlier positions no longer count.
+                tracker.assign([partition])
+                model[partition] = Model()
+                open.removeAll { $0.partition == partition }
+            case 2..<3:
+                tracker.remove([partition])
+                model[partition] = nil
+                open.removeAll { $0.partition == partition }
+            case 3..<55:
+                // A run of records of one partition, as a fetch delivers them.
+                for _ in 0..<Int.random(in: 1...4, using: &random) {
+                    let offset = model[partition]?.next ?? 0
+                    let reception = tracker.receive(partition, offset: offset)
+                    guard model[partition] != nil else {
+                        #expect(reception == .unassigned)
+                        break
+                    }
+                    open.append(try #require(reception.position))
+                    model[partition]!.pending.append(offset)
+                    model[partition]!.next = offset + 1
+                }
+            default:
+                guard !open.isEmpty else { continue }
+                // Mostly the oldest answer first, sometimes any.
+                let index = Int.random(in: 0..<4, using: &random) == 0 ? Int.random(in: 0..<open.count, using: &random) : 0
+                let position = open.remove(at: index)
+                tracker.complete(position)
+                model[position.partition]!.pending.removeAll { $0 == position.offset }
+            }
+            for partition in partitions {
+                let expected = model[partition].map { $0.pending.min() ?? ($0.next == 0 ? nil : $0.next) } ?? nil
+                #expect(tracker.watermark(partition) == expected, "step \(step), \(partition)")
+            }
+            #expect(tracker.unanswered == model.values.reduce(0) { $0 + $1.pending.count }, "step \(step)")
+        }
+    }
+
     @Test("Records of unassigned partitions are refused; completions from an old generation are ignored")
     func generations() throws {
         var tracker = OffsetTracker()

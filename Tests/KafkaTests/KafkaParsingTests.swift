@@ -44,4 +44,19 @@ struct KafkaParsingTests {
         #expect(Duration.milliseconds(250).milliseconds == 250)
         #expect(Duration.microseconds(1_500).milliseconds == 1)
     }
+
+    @Test("A record's topic name is looked up by its bytes: the same name shares one string, another name is never mistaken for it")
+    func topicNames() {
+        var names = TopicNames()
+        let long = "finch.refresh-requested", other = "finch.refresh-requestes", short = "t"
+        let first = long.withCString { names.name($0) }
+        let again = long.withCString { names.name($0) }
+        #expect(first == long && again == long)
+        #expect(first.utf8.withContiguousStorageIfAvailable { $0.baseAddress } == again.utf8.withContiguousStorageIfAvailable { $0.baseAddress }, "one string shared")
+        #expect(other.withCString { names.name($0) } == other)
+        #expect(short.withCString { names.name($0) } == short)
+        #expect(long.withCString { names.name($0) } == long)
+        // Past the bound, names are still right, only no longer shared.
+        for index in 0..<100 { #expect("topic-\(index)".withCString { names.name($0) } == "topic-\(index)") }
+    }
 }
