@@ -35,7 +35,7 @@ public struct JobCompletion: Codable, Sendable, Hashable {
     }
 
     public init(job: FinchAutomatedJob, connectionID: String, detectedBy: DetectedBy, finchEventID: String?, at now: Date) {
-        resultID = UUID().uuidString.lowercased()
+        resultID = RandomUUID.string()
         self.connectionID = connectionID
         jobType = job.type
         individualID = job.individualID

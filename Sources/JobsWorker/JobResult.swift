@@ -47,7 +47,7 @@ public struct JobResult: Codable, Sendable, Hashable {
     /// Builds the result answering `eventIDs` of `key` with `answer`.
     /// - Parameter finch: the last Finch response, when Finch decided.
     public init(key: JobKey, eventIDs: [String], answer: JobAnswer, decidedBy: DecidedBy, finch: FinchEnqueueResult? = nil, attempts: Int, at now: Date) {
-        self.resultID = UUID().uuidString.lowercased()
+        self.resultID = RandomUUID.string()
         self.connectionID = key.connectionID
         self.jobType = key.jobType
         self.individualID = key.individualID
