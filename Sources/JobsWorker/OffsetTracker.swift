@@ -16,20 +16,47 @@ package struct RecordPosition: Hashable, Sendable {
 /// concurrently. A pure state machine.
 package struct OffsetTracker: Sendable {
     struct PartitionState: Sendable {
+        enum Mark: UInt8, Sendable {
+            case open
+            /// Answered, but still behind an unanswered record.
+            case done
+            /// Given up on (its answer could not be published): it holds the watermark back
+            /// but no longer counts as unanswered work.
+            case abandoned
+        }
+
         let generation: UInt64
-        /// Offsets received and not yet popped, in arrival (= offset) order.
-        var pending: Deque<Int64> = []
-        /// Offsets answered but still behind an unanswered one.
-        var done: Set<Int64> = []
-        /// Offsets given up on (their answer could not be published): they hold the watermark
-        /// back but no longer count as unanswered work.
-        var abandoned: Set<Int64> = []
+        /// Offsets received and not yet popped, in offset order, each with where it stands.
+        /// A flag beside each offset, not sets of offsets: answering a record costs no hashing.
+        var pending: Deque<(offset: Int64, mark: Mark)> = []
+        var unanswered = 0
         /// The next offset after the last one received.
         var next: Int64?
         /// The watermark last handed out for storing.
         var stored: Int64?
 
-        var unanswered: Int { pending.count - done.count - abandoned.count }
+        var watermark: Int64? { pending.first?.offset ?? next }
+
+        /// Where `offset` is in `pending`, or where it belongs.
+        func insertionIndex(of offset: Int64) -> Int {
+            // Offsets are usually consecutive: try the direct place first.
+            if let first = pending.first?.offset, offset >= first, offset - first < Int64(pending.count) {
+                let guess = Int(offset - first)
+                if pending[guess].offset == offset { return guess }
+            }
+            var low = 0, high = pending.count
+            while low < high {
+                let middle = (low + high) / 2
+                if pending[middle].offset < offset { low = middle + 1 } else { high = middle }
+            }
+            return low
+        }
+
+        /// The index of `offset` in `pending`, if it is there.
+        func index(of offset: Int64) -> Int? {
+            let index = insertionIndex(of: offset)
+            return index < pending.count && pending[index].offset == offset ? index : nil
+        }
     }
 
     private typealias Slot = Dictionary<TopicPartition, PartitionState>.Index
@@ -106,24 +133,16 @@ package struct OffsetTracker: Sendable {
         if let next = state.next, offset < next {
             // Below the position: librdkafka reset or re-fetched it. Unless it is still being
             // processed, process it again rather than skip it silently.
-            let index = insertionIndex(of: offset, in: state.pending)
-            if index < state.pending.count, state.pending[index] == offset { return .duplicate }
-            state.pending.insert(offset, at: index)
+            let index = state.insertionIndex(of: offset)
+            if index < state.pending.count, state.pending[index].offset == offset { return .duplicate }
+            state.pending.insert((offset, .open), at: index)
+            state.unanswered += 1
             return .rewound(position, expected: next)
         }
-        state.pending.append(offset)
+        state.pending.append((offset, .open))
+        state.unanswered += 1
         state.next = offset + 1
         return .accepted(position)
-    }
-
-    /// Where `offset` belongs in the sorted `pending`.
-    private static func insertionIndex(of offset: Int64, in pending: Deque<Int64>) -> Int {
-        var low = 0, high = pending.count
-        while low < high {
-            let middle = (low + high) / 2
-            if pending[middle] < offset { low = middle + 1 } else { high = middle }
-        }
-        return low
     }
 
     /// Gives up on a record whose answer cannot be published: it stops counting as unanswered
@@ -135,7 +154,10 @@ package struct OffsetTracker: Sendable {
     }
 
     private static func abandon(_ offset: Int64, in state: inout PartitionState) -> Bool {
-        !state.done.contains(offset) && state.abandoned.insert(offset).inserted
+        guard let index = state.index(of: offset), state.pending[index].mark == .open else { return false }
+        state.pending[index].mark = .abandoned
+        state.unanswered -= 1
+        return true
     }
 
     /// Marks a record answered.
@@ -146,18 +168,14 @@ package struct OffsetTracker: Sendable {
 
     /// - Returns: by how much the unanswered count goes down (0 or 1).
     private static func complete(_ offset: Int64, in state: inout PartitionState) -> Int {
-        // The common case, answers in offset order: the oldest pending record, nothing
-        // answered or abandoned behind it waiting.
-        if state.pending.first == offset, state.done.isEmpty, state.abandoned.isEmpty {
-            state.pending.removeFirst()
-            return 1
-        }
-        guard state.done.insert(offset).inserted else { return 0 }
-        let wasUnanswered = state.abandoned.remove(offset) == nil
-        while let first = state.pending.first, state.done.remove(first) != nil {
+        guard let index = state.index(of: offset), state.pending[index].mark != .done else { return 0 }
+        let wasOpen = state.pending[index].mark == .open
+        state.pending[index].mark = .done
+        if wasOpen { state.unanswered -= 1 }
+        while state.pending.first?.mark == .done {
             state.pending.removeFirst()
         }
-        return wasUnanswered ? 1 : 0
+        return wasOpen ? 1 : 0
     }
 
     /// Whether the record belongs to a partition's current assignment.
@@ -175,8 +193,7 @@ package struct OffsetTracker: Sendable {
     /// The offset to commit for a partition: the first unanswered record, or the next offset
     /// after the last one received when all are answered; `nil` before any record.
     package func watermark(_ partition: TopicPartition) -> Int64? {
-        guard let state = partitions[partition] else { return nil }
-        return state.pending.first ?? state.next
+        partitions[partition]?.watermark
     }
 
     /// Watermarks that moved since the last call, to pass to `storeOffsets`.
@@ -184,8 +201,7 @@ package struct OffsetTracker: Sendable {
         var moved: [TopicPartition: Int64] = [:]
         for partition in only ?? Array(partitions.keys) {
             guard let slot = slot(partition) else { continue }
-            guard let mark = partitions.values[slot].pending.first ?? partitions.values[slot].next,
-                  partitions.values[slot].stored != mark else { continue }
+            guard let mark = partitions.values[slot].watermark, partitions.values[slot].stored != mark else { continue }
             partitions.values[slot].stored = mark
             moved[partition] = mark
         }

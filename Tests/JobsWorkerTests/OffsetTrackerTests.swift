@@ -39,14 +39,16 @@ struct OffsetTrackerTests {
         #expect(tracker.unanswered == 0)
     }
 
-    @Test("Interleaved partitions, answers in and out of order, partitions assigned and removed: watermarks and counts match a plain model")
+    @Test("Interleaved partitions, answers in and out of order, abandoned and repeated answers, partitions assigned and removed: watermarks and counts match a plain model")
     func matchesModel() throws {
-        struct Model { var pending: [Int64] = []; var next: Int64 = 0 }
+        /// Per partition: offsets not yet answered, and whether each was abandoned.
+        struct Model { var waiting: [Int64: Bool] = [:]; var next: Int64 = 0 }
         var random = SystemRandomNumberGenerator()
         let partitions = (0..<6).map { TopicPartition(topic: "finch.refresh-requested", partition: Int32($0)) }
         var tracker = OffsetTracker()
         var model: [TopicPartition: Model] = [:]
         var open: [RecordPosition] = []
+        var answered: [RecordPosition] = []
         for step in 0..<20_000 {
             let partition = partitions.randomElement(using: &random)!
             switch Int.random(in: 0..<100, using: &random) {
@@ -59,7 +61,7 @@ struct OffsetTrackerTests {
                 tracker.remove([partition])
                 model[partition] = nil
                 open.removeAll { $0.partition == partition }
-            case 3..<55:
+            case 3..<50:
                 // A run of records of one partition, as a fetch delivers them.
                 for _ in 0..<Int.random(in: 1...4, using: &random) {
                     let offset = model[partition]?.next ?? 0
@@ -69,22 +71,34 @@ struct OffsetTrackerTests {
                         break
                     }
                     open.append(try #require(reception.position))
-                    model[partition]!.pending.append(offset)
+                    model[partition]!.waiting[offset] = false
                     model[partition]!.next = offset + 1
                 }
+            case 50..<53:
+                guard let position = open.randomElement(using: &random) else { continue }
+                tracker.abandon(position)
+                if model[position.partition]!.waiting[position.offset] != nil { model[position.partition]!.waiting[position.offset] = true }
+            case 53..<56:
+                // An answer reported twice changes nothing.
+                guard let position = answered.randomElement(using: &random) else { continue }
+                tracker.complete(position)
             default:
                 guard !open.isEmpty else { continue }
                 // Mostly the oldest answer first, sometimes any.
                 let index = Int.random(in: 0..<4, using: &random) == 0 ? Int.random(in: 0..<open.count, using: &random) : 0
                 let position = open.remove(at: index)
                 tracker.complete(position)
-                model[position.partition]!.pending.removeAll { $0 == position.offset }
+                model[position.partition]!.waiting[position.offset] = nil
+                answered.append(position)
+                if answered.count > 50 { answered.removeFirst() }
             }
             for partition in partitions {
-                let expected = model[partition].map { $0.pending.min() ?? ($0.next == 0 ? nil : $0.next) } ?? nil
+                let expected = model[partition].map { $0.waiting.keys.min() ?? ($0.next == 0 ? nil : $0.next) } ?? nil
                 #expect(tracker.watermark(partition) == expected, "step \(step), \(partition)")
             }
-            #expect(tracker.unanswered == model.values.reduce(0) { $0 + $1.pending.count }, "step \(step)")
+            let unanswered = model.values.reduce(0) { $0 + $1.waiting.values.filter { !$0 }.count }
+            #expect(tracker.unanswered == unanswered, "step \(step)")
+            #expect(tracker.unanswered(in: partitions) == unanswered, "step \(step)")
         }
     }
 
