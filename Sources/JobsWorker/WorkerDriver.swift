@@ -403,11 +403,12 @@ final class WorkerDriver: Sendable {
     // MARK: - The decision log
 
     /// Produces a decision record and reports Kafka's answer for `hold`, whatever the answer:
-    /// a decision that could not be written costs at most a call later, while holding its
-    /// events back could stall their partitions. A decision announcing results (with a `hold`)
-    /// refused before it was queued, for a reason worth trying again (the local queue full),
-    /// is produced again with the results' backoff, up to ``decisionAttempts`` times: its
-    /// events wait for it meanwhile.
+    /// a decision that could not be written costs at most a call later. A decision announcing
+    /// results (with a `hold`) refused before it was queued, for a reason worth trying again
+    /// (the local queue full), is produced again with the results' backoff for as long as
+    /// results are (its events wait for it meanwhile, as they would for a refused result):
+    /// a local queue stays full only while Kafka takes nothing, results included. Shutdown
+    /// cancels the wait and releases the events.
     private func recordDecision(_ entry: DecisionLogEntry, hold: UInt64?, attempt: Int = 1) {
         let record: KafkaProducerRecord = switch entry {
         case .decision(let decision): decision.record(topic: configuration.decisionsTopic, now: now())
@@ -421,7 +422,7 @@ final class WorkerDriver: Sendable {
         // Only a decision that announces results is tried again: an in-flight record or a
         // tombstone produced late could land after a newer record for its key and stand for it
         // in the compacted log.
-        guard hold != nil, attempt < Self.decisionAttempts, WorkerStateMachine.PublishFailure(refused, attempts: attempt) == .retriable else {
+        guard hold != nil, WorkerStateMachine.PublishFailure(refused, attempts: attempt) == .retriable else {
             return decisionAnswered(entry, hold: hold, .failure(refused))
         }
         let delay = state.withLock { $0.configuration.republishDelay(afterAttempts: attempt) }
@@ -434,9 +435,6 @@ final class WorkerDriver: Sendable {
             recordDecision(entry, hold: hold, attempt: attempt + 1)
         }
     }
-
-    /// Attempts at a decision record refused before it was queued (about 11 s of backoff).
-    static let decisionAttempts = 8
 
     private func decisionAnswered(_ entry: DecisionLogEntry, hold: UInt64?, _ outcome: Result<Void, KafkaError>) {
         decisionWritten(entry, outcome)
