@@ -143,7 +143,8 @@ public func percentile(_ values: [Double], _ p: Double) -> Double? {
 /// The fields of a result the collector counts, read straight from the worker's JSON: the
 /// collector shares the machine with the worker it measures, and `JSONDecoder` made it cost
 /// a fifth of a core in the `stream` benchmark. `nil` for anything unexpected (an escaped
-/// string, a malformed value): the caller decodes that one with `JSONDecoder`.
+/// string, a malformed or missing value, no `result_id`): the caller decodes that one with
+/// `JSONDecoder`.
 struct ResultFields: Equatable {
     var type: String?
     var decidedBy: String?
@@ -172,6 +173,7 @@ struct ResultFields: Equatable {
 
         mutating func object() -> ResultFields? {
             var fields = ResultFields(type: nil, decidedBy: nil, jobID: nil, eventIDs: [])
+            var hasResultID = false
             guard next() == UInt8(ascii: "{") else { return nil }
             if peek() == UInt8(ascii: "}") { index += 1; return fields }
             while true {
@@ -180,6 +182,7 @@ struct ResultFields: Equatable {
                 case "type": guard let value = string() else { return nil }; fields.type = value
                 case "decided_by": guard let value = string() else { return nil }; fields.decidedBy = value
                 case "job_id": guard let value = string() else { return nil }; fields.jobID = value
+                case "result_id": guard string() != nil else { return nil }; hasResultID = true
                 case "event_ids":
                     guard next() == UInt8(ascii: "[") else { return nil }
                     if peek() == UInt8(ascii: "]") { index += 1; break }
@@ -194,7 +197,7 @@ struct ResultFields: Equatable {
                     guard skipValue() else { return nil }
                 }
                 let separator = next()
-                if separator == UInt8(ascii: "}") { return index == bytes.count ? fields : nil }
+                if separator == UInt8(ascii: "}") { return index == bytes.count && hasResultID ? fields : nil }
                 guard separator == UInt8(ascii: ",") else { return nil }
             }
         }
@@ -220,8 +223,10 @@ struct ResultFields: Equatable {
             return nil
         }
 
-        /// Skips a number, literal or object (strings in it without escapes).
+        /// Skips a number, literal or object (strings in it without escapes); `false` when
+        /// there is no value.
         private mutating func skipValue() -> Bool {
+            let start = index
             var depth = 0
             while let byte = peek() {
                 switch byte {
@@ -230,10 +235,10 @@ struct ResultFields: Equatable {
                     continue
                 case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1
                 case UInt8(ascii: "}"), UInt8(ascii: "]"):
-                    if depth == 0 { return true }
+                    if depth == 0 { return index > start }
                     depth -= 1
                 case UInt8(ascii: ","):
-                    if depth == 0 { return true }
+                    if depth == 0 { return index > start }
                 default: break
                 }
                 index += 1

@@ -104,8 +104,11 @@ final class WorkerDriver: Sendable {
         let decoded = records.map { record in
             let decoded = decoder.decode(record.value)
             switch decoded {
-            case .success(let event) where event.kind == .refreshRequested: refreshes += 1
-            case .success: w4Changes += 1
+            case .success(let event):
+                switch event.kind {
+                case .refreshRequested: refreshes += 1
+                case .w4Changed: w4Changes += 1
+                }
             case .failure: invalid += 1
             }
             return (record: record, decoded: decoded)
@@ -407,8 +410,9 @@ final class WorkerDriver: Sendable {
     /// results (with a `hold`) refused before it was queued, for a reason worth trying again
     /// (the local queue full), is produced again with the results' backoff for as long as
     /// results are (its events wait for it meanwhile, as they would for a refused result):
-    /// a local queue stays full only while Kafka takes nothing, results included. Shutdown
-    /// cancels the wait and releases the events.
+    /// a local queue stays full only while Kafka takes nothing, results included. At
+    /// shutdown the wait is cancelled once the drain's deadline has passed, which releases
+    /// the events unanswered.
     private func recordDecision(_ entry: DecisionLogEntry, hold: UInt64?, attempt: Int = 1) {
         let record: KafkaProducerRecord = switch entry {
         case .decision(let decision): decision.record(topic: configuration.decisionsTopic, now: now())

@@ -34,7 +34,13 @@ import Testing
             answer: .failed(.badRequest, message: "Finch said \"no\""), decidedBy: .finch, attempts: 1, at: now
         )
         #expect(ResultFields(escaped.json) == nil)
-        for broken in [#"{"type":"job.created""#, #"{"type":"job.created"} trailing"#, "[]", "", #"{"event_ids":["e-1",]}"#] {
+        let valid = #"{"attempts":1,"decided_by":"finch","event_ids":["e-1"],"result_id":"r-1","type":"job.created"}"#
+        #expect(ResultFields(Array(valid.utf8)) == ResultFields(type: "job.created", decidedBy: "finch", jobID: nil, eventIDs: ["e-1"]))
+        for broken in [
+            #"{"type":"job.created""#, valid + " trailing", "[]", "", #"{"event_ids":["e-1",]}"#,
+            valid.replacingOccurrences(of: #""attempts":1"#, with: #""attempts":"#),
+            valid.replacingOccurrences(of: #","result_id":"r-1""#, with: ""),
+        ] {
             #expect(ResultFields(Array(broken.utf8)) == nil, "\(broken)")
         }
     }
