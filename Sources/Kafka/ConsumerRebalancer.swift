@@ -1,4 +1,7 @@
 import CRdKafka
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 /// Handles librdkafka's rebalance callback on the poll thread: applies the assignment change
@@ -27,45 +30,92 @@ final class ConsumerRebalancer: Sendable {
         }
     }
 
-    /// The assignment with a start offset for each partition that has no committed offset:
+    /// Where the partitions of an assignment start, read before they are assigned.
+    struct Starts {
+        /// The assignment with an offset for every partition whose start could be read.
+        let list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>
+        /// The committed offsets given, stored again once assigned (see ``handle(rk:err:partitions:)``).
+        let committed: [(TopicPartition, Int64)]
+    }
+
+    /// The assignment with every partition's start: its committed offset, or, without one,
     /// the offset `auto.offset.reset` names (the partition's first or next offset, asked of
-    /// its leader). librdkafka 2.0.2 starts such a partition through an offset reset that
-    /// waits 100 ms before asking for the offset (`rd_kafka_offset_reset` with
-    /// `__NO_OFFSET`), and 500 ms more when the partition has no leader broker yet
-    /// (`rd_kafka_toppar_offset_request`): a fresh partition's first records waited up to
-    /// 600 ms. A partition given an offset is fetched as soon as its leader is known.
-    /// Partitions with a committed offset are left to librdkafka, which reads it again and
-    /// records it (the consumer-lag statistic and its commits depend on that; the read here
-    /// does not record it). So is everything that cannot be read within 2 s (`nil`, or that
-    /// partition without an offset): the poll thread waits for these reads.
-    private func resolvingStarts(rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t>? {
-        guard let uncommittedStart, let partitions, partitions.pointee.cnt > 0,
-              let committed = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
-        defer { rd_kafka_topic_partition_list_destroy(committed) }
+    /// its leader; the logical offset when the leader cannot say).
+    ///
+    /// Two librdkafka 2.0.2 behaviours make this worth its reads:
+    /// - A partition assigned without an offset has its committed offset fetched by
+    ///   librdkafka, and if that OffsetFetch fails as a whole (a coordinator that moved
+    ///   answers NOT_COORDINATOR), the partition is never fetched and never retried, and no
+    ///   partition assigned later gets its offset either (upstream 5586, open): the partition
+    ///   stalls for good. Reproduced on the mock cluster.
+    /// - A partition without a committed offset starts through an offset reset that waits
+    ///   100 ms before asking for the offset (`rd_kafka_offset_reset` with `__NO_OFFSET`), and
+    ///   500 ms more when the partition has no leader broker yet
+    ///   (`rd_kafka_toppar_offset_request`): a fresh partition's first records waited up to
+    ///   600 ms.
+    ///
+    /// The committed offsets are read with `rd_kafka_committed`, tried again every 100 ms
+    /// within 2 s (the poll thread waits for it). If they cannot be read, the assignment is
+    /// left to librdkafka (`nil`), with a warning.
+    private func resolvingStarts(rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> Starts? {
+        guard let partitions, partitions.pointee.cnt > 0 else { return nil }
         let deadline = ContinuousClock.now + min(timeout, .seconds(2))
         func remainingMs() -> Int32 { Int32(clamping: max(.milliseconds(1), deadline - ContinuousClock.now).milliseconds) }
-        let err = rd_kafka_committed(rk, committed, remainingMs())
-        guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            core.logger.debug("committed offsets not read before assigning; librdkafka reads them", metadata: ["error": "\(KafkaError.from(err, code: .rebalance))"])
+        var read: [(TopicPartition, offset: Int64, err: rd_kafka_resp_err_t)]?
+        var lastError = RD_KAFKA_RESP_ERR_NO_ERROR
+        while read == nil {
+            guard let committed = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
+            defer { rd_kafka_topic_partition_list_destroy(committed) }
+            let err = rd_kafka_committed(rk, committed, remainingMs())
+            let elements = TopicPartition.elements(of: committed)
+            if err == RD_KAFKA_RESP_ERR_NO_ERROR, let failed = elements.first(where: { $0.err != RD_KAFKA_RESP_ERR_NO_ERROR }) {
+                lastError = failed.err
+            } else if err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                read = elements
+                break
+            } else {
+                lastError = err
+            }
+            // Tried again after 100 ms, within the bound: a refused read is usually a
+            // coordinator moving, which a moment fixes.
+            guard deadline - ContinuousClock.now > .milliseconds(100) else { break }
+            usleep(100_000)
+        }
+        guard let read else {
+            core.logger.warning("committed offsets not read before assigning; librdkafka reads them (a failed read there can stall a partition in librdkafka 2.0.2, upstream 5586)", metadata: [
+                "error": "\(KafkaError.from(lastError, code: .rebalance))",
+            ])
             return nil
         }
-        let uncommitted = TopicPartition.elements(of: committed).filter { $0.err == RD_KAFKA_RESP_ERR_NO_ERROR && $0.offset == Int64(RD_KAFKA_OFFSET_INVALID) }
-        guard !uncommitted.isEmpty else { return nil }
-        // ListOffsets with the logical offset as its timestamp: -2 earliest, -1 latest.
-        let query = TopicPartition.makeList(uncommitted.map { ($0.0, uncommittedStart) })
-        defer { rd_kafka_topic_partition_list_destroy(query) }
-        guard rd_kafka_offsets_for_times(rk, query, remainingMs()) == RD_KAFKA_RESP_ERR_NO_ERROR else { return nil }
         var starts: [TopicPartition: Int64] = [:]
-        for (partition, offset, err) in TopicPartition.elements(of: query) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
+        var committed: [(TopicPartition, Int64)] = []
+        for (partition, offset, _) in read where offset >= 0 {
             starts[partition] = offset
+            committed.append((partition, offset))
         }
-        guard !starts.isEmpty, let resolved = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
+        let uncommitted = read.filter { $0.offset < 0 }.map(\.0)
+        if let uncommittedStart, !uncommitted.isEmpty {
+            // ListOffsets with the logical offset as its timestamp: -2 earliest, -1 latest.
+            let query = TopicPartition.makeList(uncommitted.map { ($0, uncommittedStart) })
+            defer { rd_kafka_topic_partition_list_destroy(query) }
+            let answered = rd_kafka_offsets_for_times(rk, query, remainingMs()) == RD_KAFKA_RESP_ERR_NO_ERROR
+            var found: [TopicPartition: Int64] = [:]
+            if answered {
+                for (partition, offset, err) in TopicPartition.elements(of: query) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
+                    found[partition] = offset
+                }
+            }
+            // Where the leader did not say: the logical offset, so librdkafka resets the
+            // partition itself (with its delays) without fetching a committed offset.
+            for partition in uncommitted { starts[partition] = found[partition] ?? uncommittedStart }
+        }
+        guard let resolved = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
         for index in 0..<Int(resolved.pointee.cnt) {
             let element = resolved.pointee.elems.advanced(by: index)
             let partition = TopicPartition(topic: String(cString: element.pointee.topic), partition: element.pointee.partition)
             if let start = starts[partition] { element.pointee.offset = start }
         }
-        return resolved
+        return Starts(list: resolved, committed: committed)
     }
 
     func handle(rk: OpaquePointer, err: rd_kafka_resp_err_t, partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
@@ -77,11 +127,19 @@ final class ConsumerRebalancer: Sendable {
         core.handOverPending()
         switch err {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
-            let resolved = resolvingStarts(rk: rk, partitions)
-            defer { if let resolved { rd_kafka_topic_partition_list_destroy(resolved) } }
-            if let error = apply(assign: true, cooperative: cooperative, rk: rk, partitions: resolved ?? partitions) {
+            let starts = resolvingStarts(rk: rk, partitions)
+            defer { if let starts { rd_kafka_topic_partition_list_destroy(starts.list) } }
+            if let error = apply(assign: true, cooperative: cooperative, rk: rk, partitions: starts?.list ?? partitions) {
                 logger.error("Kafka assign failed", metadata: ["error": "\(error)"])
                 continuation.yield(.error(error))
+            } else if let starts, !starts.committed.isEmpty {
+                // librdkafka records a committed offset only when it read it itself, and its
+                // consumer-lag statistic needs it: storing it again leads to one commit of
+                // the same offset, which records it. (Nobody else commits for a partition
+                // this member now owns.)
+                let list = TopicPartition.makeList(starts.committed)
+                defer { rd_kafka_topic_partition_list_destroy(list) }
+                _ = rd_kafka_offsets_store(rk, list)
             }
             // A partition assigned while the application wants no records starts paused.
             let toPause = core.state.withLock { $0.assigned(changed, incremental: cooperative) }

@@ -47,6 +47,72 @@ struct KafkaConsumerGroupTests {
         await latest.close()
     }
 
+    @Test("A partition whose committed offset the coordinator refuses at first resumes at it anyway (librdkafka 2.0.2 would never fetch it, upstream 5586); a new group's partitions whose first offset the leader refuses start at the first record; nothing skipped")
+    func startsReadBeforeAssigning() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("starts")
+        try cluster.createTopic(topic, partitions: 3)
+        let ends = try await produce(90, to: topic, on: cluster)
+        let group = uniqueName("resume")
+        let committed = Dictionary(uniqueKeysWithValues: (0..<Int32(3)).map { (TopicPartition(topic: topic, partition: $0), min(10, ends[$0] ?? 0)) })
+
+        let first = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        try await waitUntil("the first member read every record") { first.snapshot.records.count >= 90 }
+        #expect(first.consumer.storeOffsets(committed).isEmpty)
+        try first.consumer.commit()
+        await first.close()
+
+        // The coordinator refuses the next OffsetFetch requests as a whole, as one that has
+        // just moved does.
+        cluster.pushRequestErrors(.offsetFetch, Array(repeating: .notCoordinator, count: 3))
+        let second = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        let expected = committed.reduce(0) { $0 + Int((ends[$1.key.partition] ?? 0) - $1.value) }
+        try await waitUntil("the second member read every record after the committed offsets") { second.snapshot.records.count >= expected }
+        cluster.clearRequestErrors(.offsetFetch)
+        for (partition, offset) in committed {
+            let read = second.snapshot.records.filter { $0.partition == partition.partition }.map(\.offset)
+            #expect(read == Array(offset..<(ends[partition.partition] ?? 0)), "\(partition)")
+        }
+        await second.close()
+
+        cluster.pushRequestErrors(.listOffsets, Array(repeating: .notLeaderForPartition, count: 3))
+        let fresh = ConsumerDriver(try cluster.consumer(group: uniqueName("fresh"), topics: [topic]))
+        try await waitUntil("a new group read every record") { fresh.snapshot.records.count >= 90 }
+        cluster.clearRequestErrors(.listOffsets)
+        for partition in 0..<Int32(3) {
+            #expect(fresh.snapshot.records.filter { $0.partition == partition }.map(\.offset) == Array(0..<(ends[partition] ?? 0)), "partition \(partition)")
+        }
+        await fresh.close()
+    }
+
+    @Test("A member that resumes idle partitions at their committed offsets reports their consumer lag (0), as when librdkafka reads the offsets itself")
+    func resumedPartitionsReportLag() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("lag")
+        try cluster.createTopic(topic, partitions: 3)
+        let ends = try await produce(60, to: topic, on: cluster)
+        let group = uniqueName("lag")
+        let first = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        try await waitUntil("the first member read every record") { first.snapshot.records.count >= 60 }
+        #expect(first.consumer.storeOffsets(Dictionary(uniqueKeysWithValues: ends.map { (TopicPartition(topic: topic, partition: $0.key), $0.value) })).isEmpty)
+        try first.consumer.commit()
+        await first.close()
+
+        let lag = Locked<[TopicPartition: Int64]>([:])
+        let second = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(
+                client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers, properties: KafkaMockCluster.consumerProperties, statisticsInterval: .milliseconds(100)),
+                groupID: group, topics: [topic], autoCommitInterval: .milliseconds(200)
+            ),
+            logger: testLogger,
+            onStatistics: { statistics in lag.withLock { $0.merge(statistics.consumerLag) { _, new in new } } }
+        )
+        let driver = ConsumerDriver(second)
+        try await waitUntil("lag 0 reported for every partition") { lag.value.count == 3 && lag.value.values.allSatisfy { $0 == 0 } }
+        #expect(driver.snapshot.records.isEmpty, "nothing left to read")
+        await driver.close()
+    }
+
     @Test("Two members split the partitions; when one leaves, the other resumes after its last stored offset")
     func groupSplitsAndResumes() async throws {
         let cluster = try KafkaMockCluster()
