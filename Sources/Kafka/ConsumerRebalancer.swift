@@ -34,7 +34,7 @@ final class ConsumerRebalancer: Sendable {
     struct Starts {
         /// The assignment with an offset for every partition whose start could be read.
         let list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>
-        /// The committed offsets given, stored again once assigned (see ``handle(rk:err:partitions:)``).
+        /// The committed offsets given, committed again once assigned (see ``handle(rk:err:partitions:)``).
         let committed: [(TopicPartition, Int64)]
     }
 
@@ -55,24 +55,24 @@ final class ConsumerRebalancer: Sendable {
     ///   600 ms.
     ///
     /// The committed offsets are read with `rd_kafka_committed`, tried again every 100 ms
-    /// within 2 s (the poll thread waits for it). If they cannot be read, the assignment is
-    /// left to librdkafka (`nil`), with a warning.
+    /// within 2 s (the poll thread waits for it; it does not retry NOT_COORDINATOR itself).
+    /// A partition whose offset cannot be read within that is left to librdkafka, with a
+    /// warning; so is a partition without a committed offset under `auto.offset.reset=error`.
     private func resolvingStarts(rk: OpaquePointer, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> Starts? {
         guard let partitions, partitions.pointee.cnt > 0 else { return nil }
         let deadline = ContinuousClock.now + min(timeout, .seconds(2))
         func remainingMs() -> Int32 { Int32(clamping: max(.milliseconds(1), deadline - ContinuousClock.now).milliseconds) }
-        var read: [(TopicPartition, offset: Int64, err: rd_kafka_resp_err_t)]?
+        // The last answer, possibly with some partitions refused.
+        var read: [(TopicPartition, offset: Int64, err: rd_kafka_resp_err_t)] = []
         var lastError = RD_KAFKA_RESP_ERR_NO_ERROR
-        while read == nil {
+        while true {
             guard let committed = rd_kafka_topic_partition_list_copy(partitions) else { return nil }
             defer { rd_kafka_topic_partition_list_destroy(committed) }
             let err = rd_kafka_committed(rk, committed, remainingMs())
-            let elements = TopicPartition.elements(of: committed)
-            if err == RD_KAFKA_RESP_ERR_NO_ERROR, let failed = elements.first(where: { $0.err != RD_KAFKA_RESP_ERR_NO_ERROR }) {
-                lastError = failed.err
-            } else if err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                read = elements
-                break
+            if err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                read = TopicPartition.elements(of: committed)
+                guard let refused = read.first(where: { $0.err != RD_KAFKA_RESP_ERR_NO_ERROR }) else { break }
+                lastError = refused.err
             } else {
                 lastError = err
             }
@@ -81,11 +81,12 @@ final class ConsumerRebalancer: Sendable {
             guard deadline - ContinuousClock.now > .milliseconds(100) else { break }
             usleep(100_000)
         }
-        guard let read else {
+        read.removeAll { $0.err != RD_KAFKA_RESP_ERR_NO_ERROR }
+        if read.count < Int(partitions.pointee.cnt) {
             core.logger.warning("committed offsets not read before assigning; librdkafka reads them (a failed read there can stall a partition in librdkafka 2.0.2, upstream 5586)", metadata: [
-                "error": "\(KafkaError.from(lastError, code: .rebalance))",
+                "error": "\(KafkaError.from(lastError, code: .rebalance))", "unread": "\(Int(partitions.pointee.cnt) - read.count)",
             ])
-            return nil
+            if read.isEmpty { return nil }
         }
         var starts: [TopicPartition: Int64] = [:]
         var committed: [(TopicPartition, Int64)] = []
@@ -134,12 +135,14 @@ final class ConsumerRebalancer: Sendable {
                 continuation.yield(.error(error))
             } else if let starts, !starts.committed.isEmpty {
                 // librdkafka records a committed offset only when it read it itself, and its
-                // consumer-lag statistic needs it: storing it again leads to one commit of
-                // the same offset, which records it. (Nobody else commits for a partition
+                // consumer-lag statistic needs it: committing the same offsets again, without
+                // waiting, records them. (Not stored: a stored offset would block a revoke's
+                // synchronous commit, and librdkafka commits a stored offset only above the
+                // one it has recorded, which may be stale. Nobody else commits for a partition
                 // this member now owns.)
                 let list = TopicPartition.makeList(starts.committed)
                 defer { rd_kafka_topic_partition_list_destroy(list) }
-                _ = rd_kafka_offsets_store(rk, list)
+                _ = rd_kafka_commit(rk, list, 1)
             }
             // A partition assigned while the application wants no records starts paused.
             let toPause = core.state.withLock { $0.assigned(changed, incremental: cooperative) }
