@@ -47,6 +47,15 @@ struct KafkaConsumerGroupTests {
         await latest.close()
     }
 
+    /// A member of `group` reads `count` records, commits `offsets` and leaves.
+    func commit(_ offsets: [TopicPartition: Int64], afterReading count: Int, group: String, topic: String, on cluster: KafkaMockCluster) async throws {
+        let member = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        try await waitUntil("the first member read every record") { member.snapshot.records.count >= count }
+        #expect(member.consumer.storeOffsets(offsets).isEmpty)
+        try member.consumer.commit()
+        await member.close()
+    }
+
     @Test("A partition whose committed offset the coordinator refuses at first resumes at it anyway (librdkafka 2.0.2 would never fetch it, upstream 5586); a new group's partitions whose first offset the leader refuses start at the first record; nothing skipped")
     func startsReadBeforeAssigning() async throws {
         let cluster = try KafkaMockCluster()
@@ -56,11 +65,7 @@ struct KafkaConsumerGroupTests {
         let group = uniqueName("resume")
         let committed = Dictionary(uniqueKeysWithValues: (0..<Int32(3)).map { (TopicPartition(topic: topic, partition: $0), min(10, ends[$0] ?? 0)) })
 
-        let first = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
-        try await waitUntil("the first member read every record") { first.snapshot.records.count >= 90 }
-        #expect(first.consumer.storeOffsets(committed).isEmpty)
-        try first.consumer.commit()
-        await first.close()
+        try await commit(committed, afterReading: 90, group: group, topic: topic, on: cluster)
 
         // The coordinator refuses the next OffsetFetch requests as a whole, as one that has
         // just moved does.
@@ -92,11 +97,7 @@ struct KafkaConsumerGroupTests {
         try cluster.createTopic(topic, partitions: 3)
         let ends = try await produce(60, to: topic, on: cluster)
         let group = uniqueName("lag")
-        let first = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
-        try await waitUntil("the first member read every record") { first.snapshot.records.count >= 60 }
-        #expect(first.consumer.storeOffsets(Dictionary(uniqueKeysWithValues: ends.map { (TopicPartition(topic: topic, partition: $0.key), $0.value) })).isEmpty)
-        try first.consumer.commit()
-        await first.close()
+        try await commit(Dictionary(uniqueKeysWithValues: ends.map { (TopicPartition(topic: topic, partition: $0.key), $0.value) }), afterReading: 60, group: group, topic: topic, on: cluster)
 
         let lag = Locked<[TopicPartition: Int64]>([:])
         let second = try KafkaConsumer(
