@@ -58,6 +58,47 @@ struct WorkerDecisionLogTests {
         }
     }
 
+    @Test("A local queue that stays full (Kafka answers no produce request): results and decisions are tried again with backoff, never in a loop; a stop still ends within --shutdown-timeout and commits nothing past the held events")
+    func queueFullForGood() async throws {
+        let tokens = makeTokens(3)
+        let tokensFile = try writeTokensFile(tokens)
+        try await withSandbox(tokens: tokens) { sandbox, url in
+            // Inputs on broker 1, outputs on broker 2, whose produce requests go unanswered.
+            let kafka = try EmbeddedKafka(partitions: 1, brokers: 2)
+            for topic in [kafka.topics.refresh, kafka.topics.w4, kafka.topics.webhooks] {
+                try kafka.cluster.setPartitionLeader(topic: topic, partition: 0, broker: 1)
+            }
+            for topic in [kafka.topics.results, kafka.topics.deadLetter, kafka.topics.decisions] {
+                try kafka.cluster.setPartitionLeader(topic: topic, partition: 0, broker: 2)
+            }
+            var configuration = kafka.workerConfiguration(finchBaseURL: url, tokensFile: tokensFile)
+            configuration.kafkaProperties["queue.buffering.max.messages"] = "1"
+            configuration.shutdownTimeout = .seconds(5)
+            let registry = PrometheusCollectorRegistry()
+            let worker = try kafka.startWorker(configuration, metrics: WorkerMetrics(factory: PrometheusMetricsFactory(registry: registry)))
+            try await waitUntil("the worker ready") { worker.worker.isReady }
+            for _ in 0..<20 { try kafka.cluster.pushRequestError(.produce, .noError, broker: 2, rtt: .seconds(60)) }
+
+            let reports = try await kafka.produce((0..<3).map { (key: "c-\($0)", value: TestEvents.refresh("e-\($0)", connection: "c-\($0)"), topic: kafka.topics.refresh) })
+            let failures = { self.value(registry, "finch_jobs_publish_failures_total") ?? 0 }
+            try await waitUntil("a first refusal") { failures() >= 1 }
+            let firstRefusal = ContinuousClock.now
+            try await waitUntil("fifteen refusals") { failures() >= 15 }
+            // Three results refused five times each take 100 + 200 + 400 + 800 ms of backoff
+            // at least; a loop would get there in milliseconds.
+            #expect(ContinuousClock.now - firstRefusal > .seconds(1), "refusals are spaced by the backoff")
+            #expect(kafka.snapshot.results.isEmpty)
+
+            let stopping = ContinuousClock.now
+            try await worker.stop()
+            #expect(ContinuousClock.now - stopping < .seconds(20), "the stop ends within the shutdown timeout (5 s), give or take closing")
+            kafka.cluster.clearRequestErrors(.produce)
+            let committed = try await kafka.committedOffsets(group: configuration.groupID)
+            #expect((committed[TopicPartition(topic: kafka.topics.refresh, partition: 0)] ?? -1) <= reports[0].offset, "nothing answered, nothing committed")
+            await kafka.close()
+        }
+    }
+
     @Test("All replicas restarted inside the reuse window: no Finch call for any key decided before, every event answered from the restored memory")
     func restartAll() async throws {
         let tokens = makeTokens(50)
