@@ -174,6 +174,8 @@ public enum Benchmark {
             mix.w4Share = 0
             let generator = EventGenerator(mix: mix, refreshTopic: stack.configuration.inputTopics[0], w4Topic: stack.configuration.inputTopics[0])
             let events = generator.events(count: options.streamEvents, prefix: "t", using: &random)
+            let input = try kcatInput(events)
+            defer { try? FileManager.default.removeItem(at: input) }
             let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
             let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
             let worker = ownProcess ? try workerProcess(stack, options, extra: ["--max-buffered-events", "200000"]) : nil
@@ -190,8 +192,10 @@ public enum Benchmark {
                 try await waitFor("the reader to join", timeout: .seconds(60)) { collector.isReading ? true : nil }
                 let cpuBefore = try worker?.cpuSeconds()
                 let start = ContinuousClock.now
-                await stack.produce(events, sentAt: nil)
-                progress("stream: \(events.count) events produced (acknowledged) in \(format(ContinuousClock.now - start)); answered so far \(collector.snapshot.answered)")
+                // The same producer as the baseline's first step (kcat -P, the same file), so
+                // the two runs differ only in what copies the records: the worker or kcat.
+                try await runKcat(["-P", "-b", stack.cluster.bootstrapServers, "-t", stack.configuration.inputTopics[0], "-K", "\u{1}"] + kcatTuning + ["-l", input.path])
+                progress("stream: \(events.count) events produced by kcat (acknowledged) in \(format(ContinuousClock.now - start)); answered so far \(collector.snapshot.answered)")
                 try await waitFor("every streamed event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 let cpu = try worker.map { try $0.cpuSeconds() - (cpuBefore ?? 0) }
@@ -202,7 +206,7 @@ public enum Benchmark {
             let results = collector.snapshot.results
             try checkNoOffsetReset(stack)
             progress("stream: answered in \(String(format: "%.2f s", ours)); kcat producing and copying the same records")
-            let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, events: events, cluster: stack.cluster)
+            let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, input: input, records: events.count, cluster: stack.cluster)
             return Row(
                 scenario: ownProcess ? "stream-process" : "stream", events: events.count, seconds: ours, eventsPerSecond: Double(events.count) / ours,
                 resultsPerSecond: Double(results) / ours, finchCalls: stack.sandbox.stats.enqueueCalls,
@@ -214,28 +218,60 @@ public enum Benchmark {
         }
     }
 
-    /// Seconds kcat takes to produce `events` to a fresh topic and copy them to another one
-    /// (`kcat -C … | kcat -P …`), the same records through the same cluster: the median of
-    /// three runs, since one run on a shared machine varied from 0.28 to 0.91 s.
-    static func kcatProduceAndCopy(bootstrap: String, events: [EventGenerator.Event], cluster: KafkaMockCluster) throws -> Double {
-        let runs = try (1...3).map { try kcatProduceAndCopyOnce(bootstrap: bootstrap, events: events, cluster: cluster, run: $0) }
+    /// Seconds kcat takes to produce the records of `input` (``kcatInput(_:)``) to a fresh
+    /// topic and copy them to another one (`kcat -C … | kcat -P …`), the same records through
+    /// the same cluster: the median of three runs, since one run on a shared machine varied
+    /// from 0.28 to 0.91 s.
+    static func kcatProduceAndCopy(bootstrap: String, input: URL, records: Int, cluster: KafkaMockCluster) throws -> Double {
+        let runs = try (1...3).map { try kcatProduceAndCopyOnce(bootstrap: bootstrap, input: input, records: records, cluster: cluster, run: $0) }
         return runs.sorted()[1]
     }
 
-    private static func kcatProduceAndCopyOnce(bootstrap: String, events: [EventGenerator.Event], cluster: KafkaMockCluster, run: Int) throws -> Double {
+    /// kcat's producer and consumer settings in every run: a short linger and fetch wait, as
+    /// the worker's defaults have.
+    static let kcatTuning = ["-X", "linger.ms=5", "-X", "fetch.wait.max.ms=10"]
+
+    /// The records of `events` as kcat -P reads them with `-K $'\x01'`: one `key\u{1}value`
+    /// line each (the generator's values are one-line JSON).
+    static func kcatInput(_ events: [EventGenerator.Event]) throws -> URL {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("finch-jobs-bench-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).txt")
+        var bytes: [UInt8] = []
+        for event in events {
+            bytes += event.record.key ?? []
+            bytes.append(1)
+            bytes += event.record.value ?? []
+            bytes.append(UInt8(ascii: "\n"))
+        }
+        try Data(bytes).write(to: file)
+        return file
+    }
+
+    /// Runs kcat with `arguments` without blocking a concurrency thread.
+    static func runKcat(_ arguments: [String]) async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["kcat"] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
+            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
+            do {
+                try process.run()
+            } catch {
+                process.terminationHandler = nil
+                continuation.resume(throwing: EmbeddedStackError("kcat cannot start (\(error)); is it installed?"))
+            }
+        }
+        guard status == 0 else { throw EmbeddedStackError("kcat failed (exit \(status)): kcat \(arguments.joined(separator: " "))") }
+    }
+
+    private static func kcatProduceAndCopyOnce(bootstrap: String, input: URL, records: Int, cluster: KafkaMockCluster, run: Int) throws -> Double {
         let source = "bench.kcat.source.\(run)", copy = "bench.kcat.copy.\(run)"
         try cluster.createTopic(source, partitions: 16)
         try cluster.createTopic(copy, partitions: 16)
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("finch-jobs-bench-\(getpid()).txt")
-        var text = ""
-        for event in events {
-            text += String(decoding: event.record.key ?? [], as: UTF8.self) + "\u{1}" + String(decoding: event.record.value ?? [], as: UTF8.self) + "\n"
-        }
-        try Data(text.utf8).write(to: file)
-        defer { try? FileManager.default.removeItem(at: file) }
-        let tuning = "-X linger.ms=5 -X fetch.wait.max.ms=10"
-        let script = "kcat -P -b \(bootstrap) -t \(source) -K $'\\x01' \(tuning) -l \(file.path) && "
-            + "kcat -C -b \(bootstrap) -t \(source) -o beginning -e -q -c \(events.count) -K $'\\x01' \(tuning) "
+        let tuning = kcatTuning.joined(separator: " ")
+        let script = "kcat -P -b \(bootstrap) -t \(source) -K $'\\x01' \(tuning) -l \(input.path) && "
+            + "kcat -C -b \(bootstrap) -t \(source) -o beginning -e -q -c \(records) -K $'\\x01' \(tuning) "
             + "| kcat -P -b \(bootstrap) -t \(copy) -K $'\\x01' \(tuning)"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/bash")
@@ -300,7 +336,9 @@ public enum Benchmark {
             }
             let calls = stack.sandbox.stats.enqueueCalls
             progress("calls: \(calls) Finch calls answered in \(String(format: "%.2f s", seconds)); kcat producing and copying the same records")
-            let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, events: events, cluster: stack.cluster)
+            let input = try kcatInput(events)
+            defer { try? FileManager.default.removeItem(at: input) }
+            let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, input: input, records: events.count, cluster: stack.cluster)
             return Row(
                 scenario: "calls", events: events.count, seconds: seconds, eventsPerSecond: Double(events.count) / seconds,
                 resultsPerSecond: 0, finchCalls: calls,
