@@ -178,6 +178,7 @@ public enum Benchmark {
             defer { try? FileManager.default.removeItem(at: input) }
             let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
             let collector = try stack.resultCollector(sentAt: sentAt, logger: logger)
+            collector.expect(answers: events.count)
             let worker = ownProcess ? try workerProcess(stack, options, extra: ["--max-buffered-events", "200000"]) : nil
             defer { worker?.stop() }
             let (ours, cpu): (Double, Double?) = try await withThrowingTaskGroup(of: Void.self) { tasks in

@@ -54,6 +54,12 @@ public final class ResultCollector: Sendable {
 
     public var snapshot: Figures { figures.value }
 
+    /// Makes room for `count` answered event ids at once, so that counting them does not
+    /// rehash the set while the worker being measured runs.
+    public func expect(answers count: Int) {
+        answeredIDs.withLock { $0.reserveCapacity(count) }
+    }
+
     /// Whether the reader's group has assigned it the topics' partitions (before that, the
     /// first results would wait for the reader, not for the worker).
     public var isReading: Bool { !consumer.assignment.isEmpty }
@@ -94,7 +100,9 @@ public final class ResultCollector: Sendable {
                         batch.deadLettersByReason[reason, default: 0] += 1
                     }
                 }
-                let sent = sentAt.withLock { sentAt in ids.map { sentAt[$0] } }
+                // Without send times (the stream scenario), no lookup: hashing every id
+                // again would take CPU from the worker being measured.
+                let sent = sentAt.withLock { sentAt in sentAt.isEmpty ? Array(repeating: nil, count: ids.count) : ids.map { sentAt[$0] } }
                 let fresh = answeredIDs.withLock { answered in ids.filter { answered.insert($0).inserted }.count }
                 figures.withLock { figures in
                     figures.results += batch.results
