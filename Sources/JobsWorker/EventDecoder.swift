@@ -12,6 +12,12 @@ public struct EventDecoder: Sendable {
 
     public func decode(_ value: [UInt8]?) -> Result<JobEvent, DeadLetterReason> {
         guard let value else { return .failure(.tombstone()) }
+        return value.withUnsafeBufferPointer { decode($0) }
+    }
+
+    /// Decodes a value in place (`nil`: a tombstone), e.g. a consumed record's bytes.
+    public func decode(_ value: UnsafeBufferPointer<UInt8>?) -> Result<JobEvent, DeadLetterReason> {
+        guard let value else { return .failure(.tombstone()) }
         guard value.count <= maxEventBytes else { return .failure(.tooLarge(value.count, limit: maxEventBytes)) }
         guard UTF8Validation.isValid(value) else { return .failure(.invalidUTF8()) }
         let fields: EventScanner.Fields
@@ -78,34 +84,42 @@ private typealias WireField = EventScanner.Field
 /// nothing above U+10FFFF), with a fast path for ASCII.
 enum UTF8Validation {
     static func isValid(_ bytes: [UInt8]) -> Bool {
-        bytes.withUnsafeBufferPointer { buffer in
-            var index = 0
-            let count = buffer.count
-            while index < count {
-                let lead = buffer[index]
-                if lead < 0x80 {
-                    index += 1
-                    continue
-                }
-                let length: Int
-                var lower: UInt8 = 0x80, upper: UInt8 = 0xBF
-                switch lead {
-                case 0xC2...0xDF: length = 2
-                case 0xE0: length = 3; lower = 0xA0
-                case 0xE1...0xEC, 0xEE...0xEF: length = 3
-                case 0xED: length = 3; upper = 0x9F
-                case 0xF0: length = 4; lower = 0x90
-                case 0xF1...0xF3: length = 4
-                case 0xF4: length = 4; upper = 0x8F
-                default: return false
-                }
-                guard index + length <= count else { return false }
-                let second = buffer[index + 1]
-                guard second >= lower, second <= upper else { return false }
-                for offset in 2..<max(2, length) where buffer[index + offset] & 0xC0 != 0x80 { return false }
-                index += length
+        bytes.withUnsafeBufferPointer { isValid($0) }
+    }
+
+    static func isValid(_ buffer: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let base = buffer.baseAddress else { return true }
+        var index = 0
+        let count = buffer.count
+        while index < count {
+            // ASCII eight bytes at a time: no byte has its high bit set.
+            if index + 8 <= count, UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self) & 0x8080_8080_8080_8080 == 0 {
+                index += 8
+                continue
             }
-            return true
+            let lead = buffer[index]
+            if lead < 0x80 {
+                index += 1
+                continue
+            }
+            let length: Int
+            var lower: UInt8 = 0x80, upper: UInt8 = 0xBF
+            switch lead {
+            case 0xC2...0xDF: length = 2
+            case 0xE0: length = 3; lower = 0xA0
+            case 0xE1...0xEC, 0xEE...0xEF: length = 3
+            case 0xED: length = 3; upper = 0x9F
+            case 0xF0: length = 4; lower = 0x90
+            case 0xF1...0xF3: length = 4
+            case 0xF4: length = 4; upper = 0x8F
+            default: return false
+            }
+            guard index + length <= count else { return false }
+            let second = buffer[index + 1]
+            guard second >= lower, second <= upper else { return false }
+            for offset in 2..<max(2, length) where buffer[index + offset] & 0xC0 != 0x80 { return false }
+            index += length
         }
+        return true
     }
 }

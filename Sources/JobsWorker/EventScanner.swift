@@ -34,18 +34,35 @@ struct EventScanner {
 
         var isEmpty: Bool { self == Fields() }
 
+        /// A wanted field (a switch, not a key path: setting through a key path went
+        /// through the runtime for every field of every event).
+        fileprivate enum Slot {
+            case type, eventID, connectionID, individualID, requestedAt, changedAt
+        }
+
         /// The field a name stands for, compared as bytes (no String made for the name).
-        fileprivate static func slot(_ name: UnsafeBufferPointer<UInt8>) -> WritableKeyPath<Fields, Field?>? {
+        fileprivate static func slot(_ name: UnsafeBufferPointer<UInt8>) -> Slot? {
             func equals(_ literal: StaticString) -> Bool {
                 literal.utf8CodeUnitCount == name.count && memcmp(literal.utf8Start, name.baseAddress!, name.count) == 0
             }
             switch name.count {
-            case 4: return equals("type") ? \.type : nil
-            case 8: return equals("event_id") ? \.eventID : nil
-            case 10: return equals("changed_at") ? \.changedAt : nil
-            case 12: return equals("requested_at") ? \.requestedAt : nil
-            case 13: return equals("connection_id") ? \.connectionID : (equals("individual_id") ? \.individualID : nil)
+            case 4: return equals("type") ? .type : nil
+            case 8: return equals("event_id") ? .eventID : nil
+            case 10: return equals("changed_at") ? .changedAt : nil
+            case 12: return equals("requested_at") ? .requestedAt : nil
+            case 13: return equals("connection_id") ? .connectionID : (equals("individual_id") ? .individualID : nil)
             default: return nil
+            }
+        }
+
+        fileprivate mutating func set(_ slot: Slot, _ field: Field) {
+            switch slot {
+            case .type: type = field
+            case .eventID: eventID = field
+            case .connectionID: connectionID = field
+            case .individualID: individualID = field
+            case .requestedAt: requestedAt = field
+            case .changedAt: changedAt = field
             }
         }
     }
@@ -60,14 +77,19 @@ struct EventScanner {
     /// Scans `value` (valid UTF-8) and returns the wanted top-level fields.
     static func scan(_ value: [UInt8]) throws(Failure) -> Fields {
         let result: Result<Fields, Failure> = value.withUnsafeBufferPointer { buffer in
-            var scanner = EventScanner(buffer)
             do throws(Failure) {
-                return .success(try scanner.document())
+                return .success(try scan(buffer))
             } catch {
                 return .failure(error)
             }
         }
         return try result.get()
+    }
+
+    /// Scans `value` (valid UTF-8) in place.
+    static func scan(_ value: UnsafeBufferPointer<UInt8>) throws(Failure) -> Fields {
+        var scanner = EventScanner(value)
+        return try scanner.document()
     }
 
     // MARK: - Grammar
@@ -105,7 +127,7 @@ struct EventScanner {
             guard next() == UInt8(ascii: ":") else { throw invalid("expected ':' after a field name") }
             skipWhitespace()
             if let slot {
-                fields[keyPath: slot] = try value()
+                fields.set(slot, try value())
             } else {
                 _ = try value(describeOnly: true)
             }
@@ -211,7 +233,7 @@ struct EventScanner {
 
     /// A top-level field name: which wanted field it is, if any. Names without escapes (all
     /// real ones) are compared in place.
-    private mutating func fieldName() throws(Failure) -> WritableKeyPath<Fields, Field?>? {
+    private mutating func fieldName() throws(Failure) -> Fields.Slot? {
         let start = index + 1
         var end = start
         while end < bytes.count, bytes[end] != UInt8(ascii: "\""), bytes[end] != UInt8(ascii: "\\"), bytes[end] >= 0x20 { end += 1 }

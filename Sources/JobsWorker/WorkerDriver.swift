@@ -102,7 +102,7 @@ final class WorkerDriver: Sendable {
         }
         var refreshes = 0, w4Changes = 0, invalid = 0
         let decoded = records.map { record in
-            let decoded = decoder.decode(record.value)
+            let decoded = record.withValue { decoder.decode($0) }
             switch decoded {
             case .success(let event):
                 switch event.kind {

@@ -16,8 +16,8 @@ extension KafkaRecord {
             let detail = m.payload.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: m.len), as: UTF8.self) }
             return .failure(KafkaError.from(m.err, code: .consumer, context: "\(topic)[\(m.partition)]\(detail.map { ": \($0)" } ?? "")"))
         }
-        let value = m.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: m.len)) }
-        let key = m.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
+        let value = m.payload.map { UnsafeRawBufferPointer(start: $0, count: m.len) }
+        let key = m.key.map { UnsafeRawBufferPointer(start: $0, count: m.key_len) }
         var headers: [KafkaHeader] = []
         var hdrs: OpaquePointer? = nil
         if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
@@ -39,7 +39,7 @@ extension KafkaRecord {
             topic: topics.name(rd_kafka_topic_name(m.rkt)),
             partition: m.partition,
             offset: m.offset,
-            key: key,
+            copyingKey: key,
             value: value,
             headers: headers,
             timestampMilliseconds: timestampType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : timestamp

@@ -60,8 +60,24 @@ struct UTF8ValidationTests {
             [0xF4, 0x90, 0x80, 0x80], [0xF8], [0xE2, 0x82], [0x80], [0xC3], [0xF0, 0x9F, 0x98], [0xEF, 0xBF, 0xBF], [],
         ]
         var random = SystemRandomNumberGenerator()
+        func ascii(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0x20...0x7E, using: &random) } }
         for _ in 0..<20_000 {
-            samples.append((0..<Int.random(in: 1...6, using: &random)).map { _ in UInt8.random(in: 0x7F...0xFF, using: &random) })
+            let high = (0..<Int.random(in: 1...6, using: &random)).map { _ in UInt8.random(in: 0x7F...0xFF, using: &random) }
+            samples.append(high)
+            // The same bytes between ASCII runs, so that the eight-bytes-at-a-time ASCII path
+            // meets them at every alignment.
+            samples.append(ascii(Int.random(in: 0...17, using: &random)) + high + ascii(Int.random(in: 0...17, using: &random)))
+        }
+        for _ in 0..<2_000 {
+            // Valid text of mixed widths, whole and cut short by one byte.
+            var text: [UInt8] = []
+            for _ in 0..<Int.random(in: 1...12, using: &random) {
+                text += ascii(Int.random(in: 0...9, using: &random))
+                let scalar = [0xE9, 0x20AC, 0x1F600, 0x10FFFF, 0x7FF, 0xFFFD][Int.random(in: 0..<6, using: &random)]
+                text += Array(String(Character(Unicode.Scalar(UInt32(scalar))!)).utf8)
+            }
+            samples.append(text)
+            samples.append(Array(text.dropLast()))
         }
         for bytes in samples {
             #expect(UTF8Validation.isValid(bytes) == (String(validating: bytes, as: UTF8.self) != nil), "\(bytes)")
