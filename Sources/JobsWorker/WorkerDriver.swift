@@ -94,9 +94,10 @@ final class WorkerDriver: Sendable {
 
     func admit(_ records: [KafkaRecord]) {
         var records = records
-        if records.contains(where: { $0.topic == configuration.webhooksTopic }) {
-            let webhooks = records.filter { $0.topic == configuration.webhooksTopic }
-            records.removeAll { $0.topic == configuration.webhooksTopic }
+        let webhooksTopic = configuration.webhooksTopic
+        if records.contains(where: { $0.topic == webhooksTopic }) {
+            let webhooks = records.filter { $0.topic == webhooksTopic }
+            records.removeAll { $0.topic == webhooksTopic }
             receiveWebhooks(webhooks)
             if records.isEmpty { return }
         }

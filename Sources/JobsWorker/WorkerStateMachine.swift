@@ -240,8 +240,8 @@ struct WorkerStateMachine: Sendable {
                 let key = event.key
                 // A key already answered from memory in this batch has the same answer for
                 // the rest of it (time is the batch's, and only a call's answer changes memory).
-                if local[key] != nil {
-                    local[key]!.events.append(pending)
+                if let index = local.index(forKey: key) {
+                    local.values[index].events.append(pending)
                     continue
                 }
                 if !reauthentication.isEmpty, reauthentication.contains(key.connectionID) {
