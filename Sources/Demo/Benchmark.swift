@@ -247,22 +247,31 @@ public enum Benchmark {
         return file
     }
 
-    /// Runs kcat with `arguments` without blocking a concurrency thread.
+    /// Runs kcat with `arguments` without blocking a concurrency thread; cancelling the task
+    /// terminates it (a producer whose records are never acknowledged would otherwise wait
+    /// for its message timeout).
     static func runKcat(_ arguments: [String]) async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["kcat"] + arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(throwing: EmbeddedStackError("kcat cannot start (\(error)); is it installed?"))
+        let status: Int32 = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
+                do {
+                    try process.run()
+                } catch {
+                    process.terminationHandler = nil
+                    continuation.resume(throwing: EmbeddedStackError("kcat cannot start (\(error))"))
+                }
             }
+        } onCancel: {
+            if process.isRunning { process.terminate() }
         }
+        try Task.checkCancellation()
+        // 127: env found no kcat on the PATH.
+        guard status != 127 else { throw EmbeddedStackError("kcat is not installed (apt-get install kcat)") }
         guard status == 0 else { throw EmbeddedStackError("kcat failed (exit \(status)): kcat \(arguments.joined(separator: " "))") }
     }
 

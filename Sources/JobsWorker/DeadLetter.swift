@@ -34,16 +34,18 @@ public enum DeadLetter {
         if let timestamp = original.timestampMilliseconds {
             headers.append(KafkaHeader(key: "finch-jobs.original.timestamp", string: "\(timestamp)"))
         }
+        // Each read of a record's key or value copies it: read once.
+        let originalKey = original.key
         var value = original.value
-        if truncation > .none, let bytes = original.value {
+        if truncation > .none, let bytes = value {
             headers.append(KafkaHeader(key: "finch-jobs.error.truncated", string: "true"))
             headers.append(KafkaHeader(key: "finch-jobs.original.size", string: "\(bytes.count)"))
-            let keyBytes = original.key?.count ?? 0
+            let keyBytes = originalKey?.count ?? 0
             let headerBytes = headers.reduce(0) { $0 + $1.key.utf8.count + ($1.value?.count ?? 0) }
             let room = truncation == .everything ? 0 : max(0, maxRecordBytes - framingAllowance - keyBytes - headerBytes)
             value = Array(bytes.prefix(room))
         }
-        var key = original.key
+        var key = originalKey
         if truncation == .everything, let bytes = key, bytes.count > maxRecordBytes / 4 {
             key = Array(bytes.prefix(1_024))  // a key this large cannot be kept whole either
         }

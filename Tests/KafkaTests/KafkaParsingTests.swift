@@ -60,3 +60,24 @@ struct KafkaParsingTests {
         for index in 0..<100 { #expect("topic-\(index)".withCString { names.name($0) } == "topic-\(index)") }
     }
 }
+
+@Suite("KafkaRecord")
+struct KafkaRecordTests {
+    @Test("Key and value share one buffer: each reads back as given, an empty one as empty and a missing one as nil, in place and copied")
+    func keyAndValue() {
+        let samples: [[UInt8]?] = [nil, [], [1], Array("connection-42".utf8), Array(repeating: 0xAB, count: 1_000)]
+        for key in samples {
+            for value in samples {
+                let record = KafkaRecord(topic: "t", partition: 3, offset: 7, key: key, value: value, headers: [KafkaHeader(key: "h", value: nil)], timestampMilliseconds: 5)
+                #expect(record.key == key)
+                #expect(record.value == value)
+                #expect(record.withKey { $0.map(Array.init) } == key)
+                #expect(record.withValue { $0.map(Array.init) } == value)
+                #expect(record.topicPartition == TopicPartition(topic: "t", partition: 3))
+                #expect(record.offset == 7)
+                #expect(record.headers == [KafkaHeader(key: "h", value: nil)])
+                #expect(record.timestampMilliseconds == 5)
+            }
+        }
+    }
+}
