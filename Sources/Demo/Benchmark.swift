@@ -4,6 +4,7 @@ import Foundation
 import JobsWorker
 import Kafka
 import Logging
+import Synchronization
 
 /// `finch-jobs bench`: scenarios on the embedded stack, and the rate of a bare librdkafka
 /// pass-through of the same records as the physical limit.
@@ -207,7 +208,7 @@ public enum Benchmark {
             let results = collector.snapshot.results
             try checkNoOffsetReset(stack)
             progress("stream: answered in \(String(format: "%.2f s", ours)); kcat producing and copying the same records")
-            let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, input: input, records: events.count, cluster: stack.cluster)
+            let kcat = try await kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, input: input, records: events.count, cluster: stack.cluster)
             return Row(
                 scenario: ownProcess ? "stream-process" : "stream", events: events.count, seconds: ours, eventsPerSecond: Double(events.count) / ours,
                 resultsPerSecond: Double(results) / ours, finchCalls: stack.sandbox.stats.enqueueCalls,
@@ -223,8 +224,9 @@ public enum Benchmark {
     /// topic and copy them to another one (`kcat -C … | kcat -P …`), the same records through
     /// the same cluster: the median of three runs, since one run on a shared machine varied
     /// from 0.28 to 0.91 s.
-    static func kcatProduceAndCopy(bootstrap: String, input: URL, records: Int, cluster: KafkaMockCluster) throws -> Double {
-        let runs = try (1...3).map { try kcatProduceAndCopyOnce(bootstrap: bootstrap, input: input, records: records, cluster: cluster, run: $0) }
+    static func kcatProduceAndCopy(bootstrap: String, input: URL, records: Int, cluster: KafkaMockCluster) async throws -> Double {
+        var runs: [Double] = []
+        for run in 1...3 { runs.append(try await kcatProduceAndCopyOnce(bootstrap: bootstrap, input: input, records: records, cluster: cluster, run: run)) }
         return runs.sorted()[1]
     }
 
@@ -247,52 +249,67 @@ public enum Benchmark {
         return file
     }
 
-    /// Runs kcat with `arguments` without blocking a concurrency thread; cancelling the task
-    /// terminates it (a producer whose records are never acknowledged would otherwise wait
-    /// for its message timeout).
-    static func runKcat(_ arguments: [String]) async throws {
+    /// Runs `command` (kcat, or bash running kcat) without blocking a concurrency thread and
+    /// returns how long it ran; cancelling the task terminates it (a producer whose records
+    /// are never acknowledged would otherwise wait for its message timeout).
+    @discardableResult
+    static func runKcat(_ arguments: [String], command: String = "kcat") async throws -> Double {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["kcat"] + arguments
+        process.arguments = [command] + arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
+        // Whether the child was started, has exited, and whether the task was cancelled: a
+        // cancellation that comes before the start stops the child once it is started, and
+        // none is signalled after it exited. SIGKILL, not terminate()'s SIGTERM: a child
+        // inherits the signal mask of the thread that starts it, and this process's threads
+        // may block SIGTERM (seen under the test runner: the child never ended).
+        let lifecycle = Mutex((started: false, exited: false, cancelled: false))
+        let start = ContinuousClock.now
         let status: Int32 = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
+                process.terminationHandler = { process in
+                    lifecycle.withLock { $0.exited = true }
+                    continuation.resume(returning: process.terminationStatus)
+                }
                 do {
                     try process.run()
                 } catch {
                     process.terminationHandler = nil
-                    continuation.resume(throwing: EmbeddedStackError("kcat cannot start (\(error))"))
+                    continuation.resume(throwing: EmbeddedStackError("\(command) cannot start (\(error))"))
+                    return
                 }
+                let stop = lifecycle.withLock { state in
+                    state.started = true
+                    return state.cancelled && !state.exited
+                }
+                if stop { kill(process.processIdentifier, SIGKILL) }
             }
         } onCancel: {
-            if process.isRunning { process.terminate() }
+            let stop = lifecycle.withLock { state in
+                state.cancelled = true
+                return state.started && !state.exited
+            }
+            if stop { kill(process.processIdentifier, SIGKILL) }
         }
+        let elapsed = (ContinuousClock.now - start).timeInterval
         try Task.checkCancellation()
-        // 127: env found no kcat on the PATH.
+        // 127: env (or bash) found no kcat on the PATH.
         guard status != 127 else { throw EmbeddedStackError("kcat is not installed (apt-get install kcat)") }
-        guard status == 0 else { throw EmbeddedStackError("kcat failed (exit \(status)): kcat \(arguments.joined(separator: " "))") }
+        guard status == 0 else { throw EmbeddedStackError("kcat failed (exit \(status)): \(command) \(arguments.joined(separator: " "))") }
+        return elapsed
     }
 
-    private static func kcatProduceAndCopyOnce(bootstrap: String, input: URL, records: Int, cluster: KafkaMockCluster, run: Int) throws -> Double {
+    private static func kcatProduceAndCopyOnce(bootstrap: String, input: URL, records: Int, cluster: KafkaMockCluster, run: Int) async throws -> Double {
         let source = "bench.kcat.source.\(run)", copy = "bench.kcat.copy.\(run)"
         try cluster.createTopic(source, partitions: 16)
         try cluster.createTopic(copy, partitions: 16)
         let tuning = kcatTuning.joined(separator: " ")
-        let script = "kcat -P -b \(bootstrap) -t \(source) -K $'\\x01' \(tuning) -l \(input.path) && "
+        // pipefail: a failing kcat -C fails the run, not only a failing kcat -P.
+        let script = "set -o pipefail; kcat -P -b \(bootstrap) -t \(source) -K $'\\x01' \(tuning) -l \(input.path) && "
             + "kcat -C -b \(bootstrap) -t \(source) -o beginning -e -q -c \(records) -K $'\\x01' \(tuning) "
             + "| kcat -P -b \(bootstrap) -t \(copy) -K $'\\x01' \(tuning)"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = ["-c", script]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        let start = ContinuousClock.now
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw EmbeddedStackError("kcat failed (exit \(process.terminationStatus)); is it installed?") }
-        return (ContinuousClock.now - start).timeInterval
+        return try await runKcat(["-c", script], command: "bash")
     }
 
     /// `finch-jobs run` (this binary's, or `--worker-binary`) against the embedded stack.
@@ -348,7 +365,7 @@ public enum Benchmark {
             progress("calls: \(calls) Finch calls answered in \(String(format: "%.2f s", seconds)); kcat producing and copying the same records")
             let input = try kcatInput(events)
             defer { try? FileManager.default.removeItem(at: input) }
-            let kcat = try kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, input: input, records: events.count, cluster: stack.cluster)
+            let kcat = try await kcatProduceAndCopy(bootstrap: stack.cluster.bootstrapServers, input: input, records: events.count, cluster: stack.cluster)
             return Row(
                 scenario: "calls", events: events.count, seconds: seconds, eventsPerSecond: Double(events.count) / seconds,
                 resultsPerSecond: 0, finchCalls: calls,
@@ -522,7 +539,7 @@ public enum Benchmark {
         await consumer.close(handingOverRevocations: false)
 
         progress("consume: reading them with kcat")
-        let kcat = try kcatRate(bootstrap: cluster.bootstrapServers, topic: topic, records: options.consumeRecords)
+        let kcat = try await kcatRate(bootstrap: cluster.bootstrapServers, topic: topic, records: options.consumeRecords)
         return Row(
             scenario: "consume", events: consumed, seconds: Double(consumed) / ours, eventsPerSecond: ours, resultsPerSecond: 0,
             finchCalls: 0, latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: peakMemoryMiB(),
@@ -570,17 +587,9 @@ public enum Benchmark {
     }
 
     /// kcat's rate reading `records` records from the start of `topic` (output discarded).
-    static func kcatRate(bootstrap: String, topic: String, records: Int) throws -> Double {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-c", "\(records)", "-X", "fetch.wait.max.ms=10"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        let start = ContinuousClock.now
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw EmbeddedStackError("kcat failed (exit \(process.terminationStatus)); is it installed?") }
-        return Double(records) / (ContinuousClock.now - start).timeInterval
+    static func kcatRate(bootstrap: String, topic: String, records: Int) async throws -> Double {
+        let seconds = try await runKcat(["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-c", "\(records)", "-X", "fetch.wait.max.ms=10"])
+        return Double(records) / seconds
     }
 
     // MARK: - The physical limit
