@@ -613,8 +613,7 @@ public enum Benchmark {
             case .records(let batch):
                 if start == nil { start = ContinuousClock.now }
                 for record in batch {
-                    let copy = KafkaProducerRecord(topic: scratch, key: record.key, value: record.value, headers: record.headers)
-                    while let error = producer.send(copy, onDelivery: { _ in delivered.withLock { $0 += 1 } }) {
+                    while let error = producer.forward(record, to: scratch, onDelivery: { _ in delivered.withLock { $0 += 1 } }) {
                         guard error.code == .queueFull else { throw error }
                         try await Task.sleep(for: .milliseconds(1))
                     }

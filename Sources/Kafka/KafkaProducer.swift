@@ -91,27 +91,59 @@ public final class KafkaProducer: Sendable {
         enqueue(record, onDelivery: onDelivery)
     }
 
+    /// Enqueues a consumed record, unchanged but for its topic (librdkafka's partitioner picks
+    /// the partition), straight from its bytes: forwarding copies no key or value into Swift
+    /// arrays first. `onDelivery` and the result are as for ``send(_:onDelivery:)``.
+    public func forward(_ record: KafkaRecord, to topic: String, onDelivery: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void) -> KafkaError? {
+        record.withKey { key in
+            record.withValue { value in
+                enqueue(topic: topic, onDelivery: onDelivery) { opaque in
+                    produce(
+                        topic: topic, partition: nil, key: key.map(UnsafeRawBufferPointer.init), value: value.map(UnsafeRawBufferPointer.init),
+                        headers: record.headers, opaque: opaque
+                    )
+                }
+            }
+        }
+    }
+
     private func enqueue(_ record: KafkaProducerRecord, onDelivery: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void) -> KafkaError? {
+        enqueue(topic: record.topic, onDelivery: onDelivery) { opaque in
+            withOptionalBytes(record.key) { key in
+                withOptionalBytes(record.value) { value in
+                    produce(topic: record.topic, partition: record.partition, key: key, value: value, headers: record.headers, opaque: opaque)
+                }
+            }
+        }
+    }
+
+    private func enqueue(
+        topic: String, onDelivery: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void,
+        _ produce: (UnsafeMutableRawPointer) -> rd_kafka_resp_err_t
+    ) -> KafkaError? {
         guard state.withLock({ $0 == .open }) else {
             return KafkaError(code: .closed, message: "the producer is closed")
         }
         let opaque = Unmanaged.passRetained(PendingDelivery(onDelivery)).toOpaque()
-        let err = produce(record, opaque: opaque)
+        let err = produce(opaque)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             Unmanaged<PendingDelivery>.fromOpaque(opaque).release()
             let code: KafkaError.Code = err == RD_KAFKA_RESP_ERR__QUEUE_FULL ? .queueFull : .produce
-            return KafkaError.from(err, code: code, context: "cannot produce to \(record.topic)")
+            return KafkaError.from(err, code: code, context: "cannot produce to \(topic)")
         }
         return nil
     }
 
     /// Calls `rd_kafka_produceva` with copies of key, value and headers (`RD_KAFKA_MSG_F_COPY`),
     /// so no Swift buffer has to outlive the call.
-    private func produce(_ record: KafkaProducerRecord, opaque: UnsafeMutableRawPointer) -> rd_kafka_resp_err_t {
+    private func produce(
+        topic: String, partition: Int32?, key: UnsafeRawBufferPointer?, value: UnsafeRawBufferPointer?,
+        headers recordHeaders: [KafkaHeader], opaque: UnsafeMutableRawPointer
+    ) -> rd_kafka_resp_err_t {
         var headers: OpaquePointer? = nil
-        if !record.headers.isEmpty {
-            headers = rd_kafka_headers_new(record.headers.count)
-            for header in record.headers {
+        if !recordHeaders.isEmpty {
+            headers = rd_kafka_headers_new(recordHeaders.count)
+            for header in recordHeaders {
                 if let value = header.value {
                     value.withUnsafeBytes { bytes in
                         _ = rd_kafka_header_add(headers, header.key, -1, bytes.baseAddress, bytes.count)
@@ -121,38 +153,37 @@ public final class KafkaProducer: Sendable {
                 }
             }
         }
-        return record.topic.withCString { topic in
-            withOptionalBytes(record.key) { key in
-                withOptionalBytes(record.value) { value in
-                    var values = [rd_kafka_vu_t](repeating: rd_kafka_vu_t(), count: 7)
-                    values[0].vtype = RD_KAFKA_VTYPE_TOPIC
-                    values[0].u.cstr = topic
-                    values[1].vtype = RD_KAFKA_VTYPE_PARTITION
-                    values[1].u.i32 = record.partition ?? RD_KAFKA_PARTITION_UA
-                    values[2].vtype = RD_KAFKA_VTYPE_MSGFLAGS
-                    values[2].u.i = RD_KAFKA_MSG_F_COPY
-                    values[3].vtype = RD_KAFKA_VTYPE_KEY
-                    values[3].u.mem.ptr = UnsafeMutableRawPointer(mutating: key?.baseAddress)
-                    values[3].u.mem.size = key?.count ?? 0
-                    values[4].vtype = RD_KAFKA_VTYPE_VALUE
-                    values[4].u.mem.ptr = UnsafeMutableRawPointer(mutating: value?.baseAddress)
-                    values[4].u.mem.size = value?.count ?? 0
-                    values[5].vtype = RD_KAFKA_VTYPE_OPAQUE
-                    values[5].u.ptr = opaque
-                    var count = 6
-                    if let headers {
-                        values[6].vtype = RD_KAFKA_VTYPE_HEADERS
-                        values[6].u.headers = headers
-                        count = 7
-                    }
-                    guard let error = rd_kafka_produceva(client.pointer, values, count) else {
-                        return RD_KAFKA_RESP_ERR_NO_ERROR  // librdkafka now owns the headers
-                    }
-                    if let headers { rd_kafka_headers_destroy(headers) }
-                    let code = rd_kafka_error_code(error)
-                    rd_kafka_error_destroy(error)
-                    return code
+        return topic.withCString { topic in
+            // On the stack: one produce call allocates nothing for its arguments.
+            withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: 7) { values in
+                values.initialize(repeating: rd_kafka_vu_t())
+                values[0].vtype = RD_KAFKA_VTYPE_TOPIC
+                values[0].u.cstr = topic
+                values[1].vtype = RD_KAFKA_VTYPE_PARTITION
+                values[1].u.i32 = partition ?? RD_KAFKA_PARTITION_UA
+                values[2].vtype = RD_KAFKA_VTYPE_MSGFLAGS
+                values[2].u.i = RD_KAFKA_MSG_F_COPY
+                values[3].vtype = RD_KAFKA_VTYPE_KEY
+                values[3].u.mem.ptr = UnsafeMutableRawPointer(mutating: key?.baseAddress)
+                values[3].u.mem.size = key?.count ?? 0
+                values[4].vtype = RD_KAFKA_VTYPE_VALUE
+                values[4].u.mem.ptr = UnsafeMutableRawPointer(mutating: value?.baseAddress)
+                values[4].u.mem.size = value?.count ?? 0
+                values[5].vtype = RD_KAFKA_VTYPE_OPAQUE
+                values[5].u.ptr = opaque
+                var count = 6
+                if let headers {
+                    values[6].vtype = RD_KAFKA_VTYPE_HEADERS
+                    values[6].u.headers = headers
+                    count = 7
                 }
+                guard let error = rd_kafka_produceva(client.pointer, values.baseAddress, count) else {
+                    return RD_KAFKA_RESP_ERR_NO_ERROR  // librdkafka now owns the headers
+                }
+                if let headers { rd_kafka_headers_destroy(headers) }
+                let code = rd_kafka_error_code(error)
+                rd_kafka_error_destroy(error)
+                return code
             }
         }
     }

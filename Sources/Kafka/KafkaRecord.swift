@@ -79,8 +79,8 @@ public struct KafkaRecord: @unchecked Sendable {
         topic: String, partition: Int32, offset: Int64, key: [UInt8]?, value: [UInt8]?,
         headers: [KafkaHeader] = [], timestampMilliseconds: Int64? = nil
     ) {
-        self = key.withUnsafeBytesIfPresent { key in
-            value.withUnsafeBytesIfPresent { value in
+        self = withOptionalBytes(key) { key in
+            withOptionalBytes(value) { value in
                 KafkaRecord(
                     topic: topic, partition: partition, offset: offset, copyingKey: key, value: value,
                     headers: headers, timestampMilliseconds: timestampMilliseconds
@@ -109,16 +109,6 @@ public struct KafkaRecord: @unchecked Sendable {
     }
 
     @inlinable public var topicPartition: TopicPartition { TopicPartition(topic: topic, partition: partition) }
-}
-
-extension Optional<[UInt8]> {
-    /// The bytes of the array, or `nil` when there is none.
-    fileprivate func withUnsafeBytesIfPresent<R>(_ body: (UnsafeRawBufferPointer?) -> R) -> R {
-        switch self {
-        case .none: return body(nil)
-        case .some(let bytes): return bytes.withUnsafeBytes { body($0) }
-        }
-    }
 }
 
 /// A record to produce.

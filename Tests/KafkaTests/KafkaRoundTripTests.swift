@@ -65,6 +65,42 @@ struct KafkaRoundTripTests {
         #expect(gone.value == nil)
     }
 
+    @Test("A forwarded record arrives in its new topic with the same key, value and headers: a missing key, an empty value and a tombstone included")
+    func forward() async throws {
+        let cluster = try KafkaMockCluster()
+        let source = uniqueName("forward-source"), copy = uniqueName("forward-copy")
+        try cluster.createTopic(source, partitions: 2)
+        try cluster.createTopic(copy, partitions: 2)
+        let producer = try cluster.producer()
+        let originals = [
+            KafkaProducerRecord(topic: source, key: Array("k-1".utf8), value: Array("v-1".utf8), headers: [KafkaHeader(key: "h", string: "1"), KafkaHeader(key: "absent", value: nil)]),
+            KafkaProducerRecord(topic: source, key: nil, value: Array("no key".utf8)),
+            KafkaProducerRecord(topic: source, key: Array("k-3".utf8), value: []),
+            KafkaProducerRecord(topic: source, key: Array("k-4".utf8), value: nil),
+        ]
+        for original in originals { _ = try await producer.send(original) }
+
+        let reader = ConsumerDriver(try cluster.consumer(group: uniqueName("forward-read"), topics: [source]))
+        try await waitUntil("the originals consumed") { reader.snapshot.records.count >= originals.count }
+        let consumed = reader.snapshot.records
+        await reader.close()
+        let delivered = Locked(0)
+        for record in consumed {
+            #expect(producer.forward(record, to: copy) { if case .success = $0 { delivered.withLock { $0 += 1 } } } == nil)
+        }
+        try await waitUntil("every forwarded record acknowledged") { delivered.value == originals.count }
+        producer.close()
+
+        let copies = ConsumerDriver(try cluster.consumer(group: uniqueName("forward-check"), topics: [copy]))
+        try await waitUntil("the copies consumed") { copies.snapshot.records.count >= originals.count }
+        let forwarded = copies.snapshot.records
+        await copies.close()
+        #expect(forwarded.count == originals.count)
+        for original in originals {
+            #expect(forwarded.contains { $0.topic == copy && $0.key == original.key && $0.value == original.value && $0.headers == original.headers }, "\(original.key.map { String(decoding: $0, as: UTF8.self) } ?? "no key")")
+        }
+    }
+
     @Test("A record larger than message.max.bytes throws from send")
     func tooLargeRecordThrows() async throws {
         let cluster = try KafkaMockCluster()
