@@ -21,6 +21,8 @@ final class WorkerDriver: Sendable {
     private let finch: FinchClient
     private let tokens: TokenStore
     let limiter: CallLimiter
+    /// Keys waiting for a call, and the tasks making them.
+    private let calls: Mutex<CallQueue>
     private let metrics: WorkerMetrics
     private let logger: Logger
     private let decoder: EventDecoder
@@ -73,6 +75,7 @@ final class WorkerDriver: Sendable {
                 logger.notice("Finch's IP block ended: calls start again")
             }
         }
+        self.calls = Mutex(CallQueue(maxRunners: configuration.maxInFlight))
         self.metrics = metrics
         self.logger = logger
         self.decoder = EventDecoder(maxEventBytes: configuration.maxEventBytes)
@@ -348,7 +351,7 @@ final class WorkerDriver: Sendable {
                     }
                 }
             case .call(let key):
-                schedule(onDropped: { [self] in input { $0.callAbandoned(key) } }) { [self] in await call(key) }
+                if calls.withLock({ $0.enqueue(key) }) { startCallRunner() }
             case .setFetching(let fetching, let version):
                 if fetching {
                     logger.notice("resuming fetching: unanswered events back under half the limit", metadata: ["unanswered": "\(unanswered)"])
@@ -533,9 +536,23 @@ final class WorkerDriver: Sendable {
 
     // MARK: - Calling Finch
 
+    /// Starts a task that makes the queued calls one after the other until none is left.
+    private func startCallRunner() {
+        schedule(onDropped: { [self] in
+            // Shutdown: nothing runs any more; the keys no runner will take are given up.
+            for key in calls.withLock({ $0.runnerNotStarted() }) { input { $0.callAbandoned(key) } }
+        }) { [self] in
+            var runner = true
+            while runner, let key = calls.withLock({ $0.next() }) {
+                await call(key, runner: &runner)
+            }
+        }
+    }
+
     /// Calls Finch for `key` (retrying transient failures within the policy, within the call
-    /// limits) and feeds the answer to the state machine.
-    private func call(_ key: JobKey) async {
+    /// limits) and feeds the answer to the state machine. A call that backs off before a retry
+    /// leaves the runners (`runner` turns `false`) so that another takes the next key meanwhile.
+    private func call(_ key: JobKey, runner: inout Bool) async {
         guard let token = tokens.token(for: key.connectionID) else {
             let answer = JobAnswer.failed(.noAccessToken, message: "the tokens file has no access token for connection \(key.connectionID)")
             finish(key, answer, decidedBy: .local, last: nil, attempts: 0)
@@ -602,6 +619,10 @@ final class WorkerDriver: Sendable {
                 let delay = configuration.retry.delay(afterAttempts: counted, elapsed: ContinuousClock.now - started, error: error)
                 logFailure(key, result, attempts: attempts, retryIn: delay.map(DurationText.format))
                 if let delay {
+                    if runner {
+                        runner = false
+                        if calls.withLock({ $0.leave() }) { startCallRunner() }
+                    }
                     do {
                         try await Task.sleep(for: delay)
                     } catch {

@@ -137,8 +137,10 @@ struct WorkerEndToEndTests {
         }
     }
 
-    @Test("A failing connection retrying with backoff does not delay other connections")
-    func failingConnectionIsolated() async throws {
+    /// With one call at a time too: the task making a call leaves the call runners while it
+    /// backs off, so the next key's call starts meanwhile.
+    @Test("A failing connection retrying with backoff does not delay other connections", arguments: [1, 32])
+    func failingConnectionIsolated(maxInFlight: Int) async throws {
         let tokens = makeTokens(50)
         let tokensFile = try writeTokensFile(tokens)
         let settings = SandboxSettings(allowedRefreshes: 10, jobDuration: .seconds(600), faults: SandboxFaults(failingConnections: ["c-0"]))
@@ -146,6 +148,7 @@ struct WorkerEndToEndTests {
             let kafka = try EmbeddedKafka(partitions: 1)  // one partition: every event shares it with c-0
             var configuration = kafka.workerConfiguration(finchBaseURL: url, tokensFile: tokensFile)
             configuration.retry = FinchRetryPolicy(maxAttempts: 3, initialBackoff: .seconds(1), maxBackoff: .seconds(2), jitter: 0, budget: .seconds(10))
+            configuration.maxInFlight = maxInFlight
             let worker = try kafka.startWorker(configuration)
             var events = [(key: Optional("c-0"), value: Optional(TestEvents.refresh("slow", connection: "c-0")), topic: kafka.topics.refresh)]
             events += (1..<50).map { (key: Optional("c-\($0)"), value: Optional(TestEvents.refresh("fast-\($0)", connection: "c-\($0)")), topic: kafka.topics.refresh) }
