@@ -553,6 +553,11 @@ final class WorkerDriver: Sendable {
     /// limits) and feeds the answer to the state machine. A call that backs off before a retry
     /// leaves the runners (`runner` turns `false`) so that another takes the next key meanwhile.
     private func call(_ key: JobKey, runner: inout Bool) async {
+        guard state.withLock({ $0.callStarting(key) }) else {
+            metrics.callDropped()
+            logger.debug("queued Finch call dropped: its events' partitions moved to another replica", metadata: ["connection_id": "\(key.connectionID)"])
+            return
+        }
         guard let token = tokens.token(for: key.connectionID) else {
             let answer = JobAnswer.failed(.noAccessToken, message: "the tokens file has no access token for connection \(key.connectionID)")
             finish(key, answer, decidedBy: .local, last: nil, attempts: 0)

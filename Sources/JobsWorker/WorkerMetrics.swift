@@ -17,7 +17,7 @@ public final class WorkerMetrics: Sendable {
     public static let names = [
         "finch_jobs_events_consumed_total", "finch_jobs_dead_letters_total", "finch_jobs_finch_calls_total",
         "finch_jobs_finch_call_duration_seconds", "finch_jobs_results_total", "finch_jobs_event_to_result_seconds",
-        "finch_jobs_finch_calls_in_flight", "finch_jobs_buffered_events", "finch_jobs_paused_partitions",
+        "finch_jobs_finch_calls_in_flight", "finch_jobs_finch_calls_dropped_total", "finch_jobs_buffered_events", "finch_jobs_paused_partitions",
         "finch_jobs_dedup_entries", "finch_jobs_dedup_evictions_total", "finch_jobs_consumer_lag",
         "finch_jobs_offset_resets_total", "finch_jobs_rebalances_total", "finch_jobs_publish_failures_total",
         "finch_jobs_token_reloads_total", "finch_jobs_rewound_records_total", "finch_jobs_finch_rate_limits_total",
@@ -52,6 +52,7 @@ public final class WorkerMetrics: Sendable {
         for topic in inputTopics { _ = counter("finch_jobs_offset_resets_total", [("topic", topic), ("partition", "all")]) }
         for outcome in ["reloaded", "failed"] { _ = counter("finch_jobs_token_reloads_total", [("outcome", outcome)]) }
         _ = counter("finch_jobs_publish_failures_total")
+        _ = counter("finch_jobs_finch_calls_dropped_total")
         for kind in RateLimitKind.allCases { _ = counter("finch_jobs_finch_rate_limits_total", [("kind", kind.rawValue)]) }
         blocked(until: nil)
         for reason in Decision.Invalid.allCases { _ = counter("finch_jobs_decision_records_skipped_total", [("reason", reason.rawValue)]) }
@@ -125,6 +126,12 @@ public final class WorkerMetrics: Sendable {
         counter("finch_jobs_finch_calls_total", [("status", status.map(String.init) ?? "no_response")]).increment()
         let (seconds, attoseconds) = duration.components
         timer("finch_jobs_finch_call_duration_seconds").recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+
+    /// A queued call dropped before it started: its events' partitions had moved to
+    /// another replica.
+    func callDropped() {
+        counter("finch_jobs_finch_calls_dropped_total").increment()
     }
 
     /// Which of Finch's limits a 429 reported.

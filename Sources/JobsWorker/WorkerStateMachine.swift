@@ -483,6 +483,16 @@ struct WorkerStateMachine: Sendable {
         return results(key, events: current, answer: answer.forJoiners, decidedBy: .inFlight, finch: nil, attempts: 0, now: now)
     }
 
+    /// A queued call is about to start. Returns whether it still has events of this replica's
+    /// to answer: while it waited its turn, their partitions may have been revoked or lost
+    /// (their new owner decides for them). A call without any is dropped, not made: Finch's
+    /// quota is not spent for events this replica no longer answers.
+    mutating func callStarting(_ key: JobKey) -> Bool {
+        if dedup.waiters(of: key).contains(where: { tracker.isCurrent($0.position) }) { return true }
+        _ = dedup.abandon(key)
+        return false
+    }
+
     /// A call given up without an answer (shutdown): its events stay unanswered and
     /// uncommitted; the next owner of their partitions answers them.
     mutating func callAbandoned(_ key: JobKey) -> [Action] {

@@ -173,6 +173,34 @@ struct WorkerStateMachineTests {
         #expect(out.first?.decidedBy == "finch" && out.first?.finchStatus == 201)
     }
 
+    @Test("A queued call starts only while one of its events is still this replica's; dropped, the key calls again for a later event")
+    func queuedCallStarting() {
+        var m = machine()
+        _ = m.assigned([p0, p1])
+        let key = JobKey(connectionID: "c-1", individualID: nil)
+        let first = m.admit([refresh("e-1", partition: p0, offset: 0), refresh("e-2", partition: p1, offset: 0)], now: t0)
+        #expect(calls(first) == [key])
+        _ = m.lost([p0])
+        let stillWanted = m.callStarting(key)
+        #expect(stillWanted, "e-2 on p1 is still this replica's")
+        let answered = m.callFinished(key, answer: .failed(.noAccessToken, message: "x"), decidedBy: .local, finch: nil, attempts: 0, now: t0)
+        #expect(results(answered).map(\.eventIDs) == [["e-2"]])
+        _ = acknowledgeAll(answered, in: &m)
+
+        let unassigned = m.admit([refresh("e-3", partition: p0, offset: 5)], now: t0)
+        #expect(calls(unassigned).isEmpty, "p0 is not assigned: nothing to call for")
+        _ = m.assigned([p0])
+        let again = m.admit([refresh("e-4", partition: p0, offset: 6)], now: t0)
+        #expect(calls(again) == [key])
+        _ = m.revoke([p0], id: 1)
+        _ = m.revokeDeadlinePassed(id: 1)
+        let wantedAfterRevoke = m.callStarting(key)
+        #expect(!wantedAfterRevoke, "every event of the key moved to another replica while the call waited: not made")
+        #expect(m.tracker.unanswered == 0)
+        let later = m.admit([refresh("e-5", partition: p1, offset: 1)], now: t0)
+        #expect(calls(later) == [key], "the key is no longer in flight: a later event calls")
+    }
+
     @Test("Lost partitions store nothing and their late answers publish nothing")
     func lost() {
         var m = machine()
