@@ -17,7 +17,8 @@ public final class WorkerMetrics: Sendable {
     public static let names = [
         "finch_jobs_events_consumed_total", "finch_jobs_dead_letters_total", "finch_jobs_finch_calls_total",
         "finch_jobs_finch_call_duration_seconds", "finch_jobs_results_total", "finch_jobs_event_to_result_seconds",
-        "finch_jobs_finch_calls_in_flight", "finch_jobs_finch_calls_dropped_total", "finch_jobs_buffered_events", "finch_jobs_paused_partitions",
+        "finch_jobs_finch_calls_in_flight", "finch_jobs_finch_calls_dropped_total", "finch_jobs_buffered_events",
+        "finch_jobs_paused_partitions",
         "finch_jobs_dedup_entries", "finch_jobs_dedup_evictions_total", "finch_jobs_consumer_lag",
         "finch_jobs_offset_resets_total", "finch_jobs_rebalances_total", "finch_jobs_publish_failures_total",
         "finch_jobs_token_reloads_total", "finch_jobs_rewound_records_total", "finch_jobs_finch_rate_limits_total",

@@ -469,11 +469,7 @@ struct WorkerStateMachine: Sendable {
     /// replica's: a call each. Keys whose events all moved to another replica are dropped
     /// (their new owner decides for them).
     private mutating func callsForCurrentWaiters(_ keys: [JobKey]) -> [Action] {
-        keys.compactMap { key in
-            if dedup.waiters(of: key).contains(where: { tracker.isCurrent($0.position) }) { return .call(key) }
-            _ = dedup.abandon(key)
-            return nil
-        }
+        keys.compactMap { key in callStarting(key) ? .call(key) : nil }
     }
 
     /// Events that waited for another replica's call, answered by its decision.
