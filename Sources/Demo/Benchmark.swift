@@ -314,7 +314,7 @@ public enum Benchmark {
 
     /// `finch-jobs run` (this binary's, or `--worker-binary`) against the embedded stack.
     static func workerProcess(_ stack: EmbeddedStack, _ options: Options, extra: [String]) throws -> WorkerProcess {
-        let properties = KafkaMockCluster.consumerProperties.sorted { $0.key < $1.key }.flatMap { ["--kafka-config", "\($0.key)=\($0.value)"] }
+        let properties = KafkaMockCluster.workerProperties.sorted { $0.key < $1.key }.flatMap { ["--kafka-config", "\($0.key)=\($0.value)"] }
         return try WorkerProcess(binary: options.workerBinary, arguments: [
             "run", "--bootstrap-servers", stack.cluster.bootstrapServers, "--finch-base-url", stack.sandboxURL,
             "--tokens-file", stack.configuration.tokensFile, "--http-port", "0", "--log-level", "info",

@@ -115,7 +115,7 @@ public struct EmbeddedStack: Sendable {
                 let port = try await waitFor("the sandbox to listen") { sandboxPort.value }
                 configuration.tokensFile = tokensFile
                 configuration.finchBaseURL = "http://127.0.0.1:\(port)"
-                configuration.kafkaProperties = KafkaMockCluster.consumerProperties
+                configuration.kafkaProperties = KafkaMockCluster.workerProperties
                 configuration.reuseWindow = options.reuseWindow
                 configuration.maxInFlight = options.maxInFlight
                 configuration.maxRequestsPerSecond = options.maxRequestsPerSecond

@@ -53,6 +53,13 @@ public final class KafkaMockCluster: @unchecked Sendable {
         "session.timeout.ms": "10000", "heartbeat.interval.ms": "500", "fetch.wait.max.ms": "5",
     ]
 
+    /// ``consumerProperties`` for the worker itself, whose fetch wait every event pays before
+    /// it is answered: 2 ms instead of 5 (on average 1.5 ms less per event, up to 3 ms less
+    /// at the tail) for about 5 % of a core more while the worker waits for records, each
+    /// empty fetch being answered sooner. Readers of results keep 5 ms. A real broker answers a
+    /// fetch as soon as records arrive, so this matters only on the mock cluster.
+    public static let workerProperties = consumerProperties.merging(["fetch.wait.max.ms": "2"]) { _, worker in worker }
+
     private let client: RDKafkaClient
     private let cluster: OpaquePointer
     /// `host:port,host:port` of every broker.
