@@ -18,6 +18,9 @@ public final class ResultCollector: Sendable {
         public var deadLetters = 0
         public var deadLettersByReason: [String: Int] = [:]
         public var latencies: [Double] = []
+        /// The latencies of events that waited for a Finch call that failed and was tried
+        /// again (``RetriedCalls``), also in ``latencies``: their wait is mostly the backoff.
+        public var retriedLatencies: [Double] = []
         /// Each latency with when its event was sent, to see where a tail comes from.
         public var latenciesBySent: [(sent: ContinuousClock.Instant, seconds: Double)] = []
         public var producedBySent: [(sent: ContinuousClock.Instant, seconds: Double)] = []
@@ -34,6 +37,7 @@ public final class ResultCollector: Sendable {
     private let consumer: KafkaConsumer
     private let figures = Locked(Figures())
     private let answeredIDs = Locked(Set<String>())
+    private let retriedCalls = Locked(RetriedCalls())
     private let sentAt: Locked<[String: ContinuousClock.Instant]>
 
     public init(bootstrapServers: String, resultsTopic: String, deadLetterTopic: String, sentAt: Locked<[String: ContinuousClock.Instant]>, logger: Logger) throws {
@@ -75,6 +79,7 @@ public final class ResultCollector: Sendable {
                 var batch = Figures()
                 var ids: [String] = []
                 var producedAt: [Double] = []
+                var retried: [Bool] = []
                 for record in records {
                     if record.topic == resultsTopic {
                         guard let value = record.value else { continue }
@@ -85,13 +90,15 @@ public final class ResultCollector: Sendable {
                             continue
                         }
                         guard let result = ResultFields(value) ?? (try? decoder.decode(JobResult.self, from: Data(value))).map({
-                            ResultFields(type: $0.type, decidedBy: $0.decidedBy, jobID: $0.jobID, eventIDs: $0.eventIDs)
+                            ResultFields(type: $0.type, decidedBy: $0.decidedBy, jobID: $0.jobID, eventIDs: $0.eventIDs, attempts: $0.attempts)
                         }), let type = result.type, let decidedBy = result.decidedBy else { continue }
                         if type == "job.created", let job = result.jobID { batch.createdJobs.insert(job) }
                         batch.results += 1
                         batch.byType[type, default: 0] += 1
                         batch.byDecider[decidedBy, default: 0] += 1
                         ids += result.eventIDs
+                        let waitedForRetries = retriedCalls.withLock { $0.waited(for: result) }
+                        retried += Array(repeating: waitedForRetries, count: result.eventIDs.count)
                         let timestamp = Double(record.timestampMilliseconds ?? 0) / 1_000
                         producedAt += Array(repeating: timestamp, count: result.eventIDs.count)
                     } else {
@@ -118,6 +125,7 @@ public final class ResultCollector: Sendable {
                     figures.answered += fresh
                     figures.duplicateAnswers += ids.count - fresh
                     figures.latencies += sent.compactMap { $0.map { (now - $0).timeInterval } }
+                    figures.retriedLatencies += zip(sent, retried).compactMap { sent, retried in retried ? sent.map { (now - $0).timeInterval } : nil }
                     figures.latenciesBySent += sent.compactMap { $0.map { (sent: $0, seconds: (now - $0).timeInterval) } }
                     for (sentInstant, produced) in zip(sent, producedAt) {
                         guard let sentInstant, produced > 0 else { continue }
@@ -148,6 +156,22 @@ public func percentile(_ values: [Double], _ p: Double) -> Double? {
     return sorted[min(max(rank, 0), sorted.count - 1)]
 }
 
+/// Which answers waited for a Finch call that failed and was tried again. The call's own
+/// result has `attempts` > 1; the events that joined the call while it was retried are answered
+/// `in_flight` (attempts 0) with its job, in results produced after it to the same partition.
+struct RetriedCalls {
+    private(set) var jobIDs: Set<String> = []
+
+    mutating func waited(for result: ResultFields) -> Bool {
+        if let attempts = result.attempts, attempts > 1 {
+            if let job = result.jobID { jobIDs.insert(job) }
+            return true
+        }
+        guard result.decidedBy == "in_flight", let job = result.jobID else { return false }
+        return jobIDs.contains(job)
+    }
+}
+
 /// The fields of a result the collector counts, read straight from the worker's JSON: the
 /// collector shares the machine with the worker it measures, and `JSONDecoder` made it cost
 /// a fifth of a core in the `stream` benchmark. `nil` for anything unexpected (an escaped
@@ -158,12 +182,15 @@ struct ResultFields: Equatable {
     var decidedBy: String?
     var jobID: String?
     var eventIDs: [String] = []
+    /// Finch calls made for this answer (0 when none was).
+    var attempts: Int?
 
-    init(type: String?, decidedBy: String?, jobID: String?, eventIDs: [String]) {
+    init(type: String?, decidedBy: String?, jobID: String?, eventIDs: [String], attempts: Int? = nil) {
         self.type = type
         self.decidedBy = decidedBy
         self.jobID = jobID
         self.eventIDs = eventIDs
+        self.attempts = attempts
     }
 
     init?(_ bytes: [UInt8]) {
@@ -191,6 +218,7 @@ struct ResultFields: Equatable {
                 case "decided_by": guard let value = string() else { return nil }; fields.decidedBy = value
                 case "job_id": guard let value = string() else { return nil }; fields.jobID = value
                 case "result_id": guard string() != nil else { return nil }; hasResultID = true
+                case "attempts": guard let value = integer() else { return nil }; fields.attempts = value
                 case "event_ids":
                     guard next() == UInt8(ascii: "[") else { return nil }
                     if peek() == UInt8(ascii: "]") { index += 1; break }
@@ -229,6 +257,18 @@ struct ResultFields: Equatable {
                 if byte == UInt8(ascii: "\\") { return nil }
             }
             return nil
+        }
+
+        /// A non-negative integer.
+        private mutating func integer() -> Int? {
+            var value = 0
+            var digits = 0
+            while let byte = peek(), byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), digits < 18 {
+                value = value * 10 + Int(byte - UInt8(ascii: "0"))
+                digits += 1
+                index += 1
+            }
+            return digits > 0 ? value : nil
         }
 
         /// Skips a number, literal or object (strings in it without escapes); `false` when

@@ -24,7 +24,7 @@ import Testing
         for result in results() {
             let fields = try #require(ResultFields(result.json), "\(result.type) must be read without JSONDecoder")
             let decoded = try JSONDecoder().decode(JobResult.self, from: Data(result.json))
-            #expect(fields == ResultFields(type: decoded.type, decidedBy: decoded.decidedBy, jobID: decoded.jobID, eventIDs: decoded.eventIDs))
+            #expect(fields == ResultFields(type: decoded.type, decidedBy: decoded.decidedBy, jobID: decoded.jobID, eventIDs: decoded.eventIDs, attempts: decoded.attempts))
         }
     }
 
@@ -35,13 +35,55 @@ import Testing
         )
         #expect(ResultFields(escaped.json) == nil)
         let valid = #"{"attempts":1,"decided_by":"finch","event_ids":["e-1"],"result_id":"r-1","type":"job.created"}"#
-        #expect(ResultFields(Array(valid.utf8)) == ResultFields(type: "job.created", decidedBy: "finch", jobID: nil, eventIDs: ["e-1"]))
+        #expect(ResultFields(Array(valid.utf8)) == ResultFields(type: "job.created", decidedBy: "finch", jobID: nil, eventIDs: ["e-1"], attempts: 1))
         for broken in [
             #"{"type":"job.created""#, valid + " trailing", "[]", "", #"{"event_ids":["e-1",]}"#,
             valid.replacingOccurrences(of: #""attempts":1"#, with: #""attempts":"#),
+            valid.replacingOccurrences(of: #""attempts":1"#, with: #""attempts":"1""#),
             valid.replacingOccurrences(of: #","result_id":"r-1""#, with: ""),
         ] {
             #expect(ResultFields(Array(broken.utf8)) == nil, "\(broken)")
         }
+    }
+
+    @Test func readsAttemptsOfARetriedCall() throws {
+        let job = FinchJobReference(jobID: "job-1", jobURL: "https://api.tryfinch.com/jobs/automated/job-1")
+        let retried = JobResult(key: JobKey(connectionID: "c-1", individualID: nil), eventIDs: ["e-1"], answer: .created(job), decidedBy: .finch, attempts: 3, at: now)
+        #expect(try #require(ResultFields(retried.json)).attempts == 3)
+    }
+
+    @Test func setsApartTheEventsThatJoinedARetriedCall() throws {
+        let job = FinchJobReference(jobID: "job-1", jobURL: "https://api.tryfinch.com/jobs/automated/job-1")
+        let other = FinchJobReference(jobID: "job-2", jobURL: "https://api.tryfinch.com/jobs/automated/job-2")
+        let key = JobKey(connectionID: "c-1", individualID: nil)
+        func fields(_ answer: JobAnswer, _ decidedBy: DecidedBy, attempts: Int) throws -> ResultFields {
+            try #require(ResultFields(JobResult(key: key, eventIDs: ["e-1"], answer: answer, decidedBy: decidedBy, attempts: attempts, at: now).json))
+        }
+        var calls = RetriedCalls()
+        // Before the retried call's own result, a joiner of its job is not known as one.
+        #expect(!calls.waited(for: try fields(.reused(job), .inFlight, attempts: 0)))
+        #expect(!calls.waited(for: try fields(.created(other), .finch, attempts: 1)))
+        #expect(!calls.waited(for: try fields(.reused(other), .inFlight, attempts: 0)))
+        #expect(calls.waited(for: try fields(.created(job), .finch, attempts: 3)))
+        #expect(calls.waited(for: try fields(.reused(job), .inFlight, attempts: 0)))
+        // Reusing the job later, from the reuse window, is not waiting for the retries.
+        #expect(!calls.waited(for: try fields(.reused(job), .reuseWindow, attempts: 0)))
+        #expect(!calls.waited(for: try fields(.reused(other), .inFlight, attempts: 0)))
+    }
+
+    /// The demo's sandbox fails 2 % of calls; the events waiting for those wait for the retry
+    /// backoff, and the summary says so instead of letting them stand for the worker's p99.
+    @Test func demoSummarySetsRetriedCallsApart() {
+        var summary = DemoSummary()
+        let quick = (1...980).map { Double($0) / 100_000 }  // 0.01 to 9.8 ms
+        let retried = (1...20).map { 0.4 + Double($0) / 1_000 }  // 401 to 420 ms
+        summary.figures.latencies = quick + retried
+        #expect(summary.latencyText == "p50 5 ms · p99 410 ms", "\(summary.latencyText)")
+        summary.figures.retriedLatencies = retried
+        #expect(summary.latencyText == "p50 5 ms · p99 410 ms; 20 waited for a Finch call retried after a failure (p50 410 ms), the others p99 10 ms", "\(summary.latencyText)")
+        // A retried event as quick as others is set apart once, not with every equal latency.
+        summary.figures.latencies = Array(repeating: 0.001, count: 100) + [0.5]
+        summary.figures.retriedLatencies = [0.001]
+        #expect(summary.latencyText.hasSuffix("1 waited for a Finch call retried after a failure (p50 1 ms), the others p99 1 ms"), "\(summary.latencyText)")
     }
 }
