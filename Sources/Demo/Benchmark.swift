@@ -130,12 +130,10 @@ public enum Benchmark {
                 stack.startWorker()
                 // Measured from the moment the group assigned the partitions (the mock
                 // coordinator holds a first join for 3 s).
-                try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                try await stack.worker.readiness.wait("the worker to join", timeout: .seconds(60)) { $0 ? () : nil }
                 let start = ContinuousClock.now
-                try await waitFor("every ingest event answered", timeout: .seconds(1_800)) {
-                    let figures = collector.snapshot
-                    return figures.answered >= valid && figures.deadLetters >= events.count - valid ? true : nil
-                }
+                let invalid = events.count - valid
+                try await collector.wait("every ingest event answered", timeout: .seconds(1_800)) { $0.answered >= valid && $0.deadLetters >= invalid }
                 let finished = collector.snapshot.lastResultAt ?? ContinuousClock.now
                 let seconds = (finished - start).timeInterval
                 try checkNoOffsetReset(stack)
@@ -186,19 +184,18 @@ public enum Benchmark {
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
                 if let worker {
-                    try await waitFor("the worker process to join", timeout: .seconds(60)) { (try? worker.assigned) != false ? true : nil }
-                    _ = try worker.assigned
+                    try await worker.waitUntilAssigned(timeout: .seconds(60))
                 } else {
-                    try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                    try await stack.worker.readiness.wait("the worker to join", timeout: .seconds(60)) { $0 ? () : nil }
                 }
-                try await waitFor("the reader to join", timeout: .seconds(60)) { collector.isReading ? true : nil }
+                try await collector.waitUntilReading(timeout: .seconds(60))
                 let cpuBefore = try worker?.cpuSeconds()
                 let start = ContinuousClock.now
                 // The same producer as the baseline's first step (kcat -P, the same file), so
                 // the two runs differ only in what copies the records: the worker or kcat.
                 try await runKcat(["-P", "-b", stack.cluster.bootstrapServers, "-t", stack.configuration.inputTopics[0], "-K", "\u{1}"] + kcatTuning + ["-l", input.path])
                 progress("stream: \(events.count) events produced by kcat (acknowledged) in \(format(ContinuousClock.now - start)); answered so far \(collector.snapshot.answered)")
-                try await waitFor("every streamed event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
+                try await collector.wait("every streamed event answered", timeout: .seconds(600)) { [total = events.count] in $0.answered >= total }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 let cpu = try worker.map { try $0.cpuSeconds() - (cpuBefore ?? 0) }
                 try worker?.checkNoOffsetReset()
@@ -348,13 +345,12 @@ public enum Benchmark {
             let (seconds, cpu): (Double, Double) = try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
-                try await waitFor("the worker process to join", timeout: .seconds(60)) { (try? worker.assigned) != false ? true : nil }
-                _ = try worker.assigned
-                try await waitFor("the reader to join", timeout: .seconds(60)) { collector.isReading ? true : nil }
+                try await worker.waitUntilAssigned(timeout: .seconds(60))
+                try await collector.waitUntilReading(timeout: .seconds(60))
                 let cpuBefore = try worker.cpuSeconds()
                 let start = ContinuousClock.now
                 await stack.produce(events, sentAt: nil)
-                try await waitFor("every event answered", timeout: .seconds(600)) { collector.snapshot.answered >= events.count ? true : nil }
+                try await collector.wait("every event answered", timeout: .seconds(600)) { [total = events.count] in $0.answered >= total }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 let cpu = try worker.cpuSeconds() - cpuBefore
                 try worker.checkNoOffsetReset()
@@ -404,9 +400,9 @@ public enum Benchmark {
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
                 stack.startWorker()
-                try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
+                try await stack.worker.readiness.wait("the worker to join", timeout: .seconds(60)) { $0 ? () : nil }
                 let start = ContinuousClock.now
-                try await waitFor("every fan-out event answered", timeout: .seconds(1_800)) { collector.snapshot.answered >= events.count ? true : nil }
+                try await collector.wait("every fan-out event answered", timeout: .seconds(1_800)) { [total = events.count] in $0.answered >= total }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 try checkNoOffsetReset(stack)
                 let calls = stack.sandbox.stats.enqueueCalls
@@ -438,8 +434,8 @@ public enum Benchmark {
             return try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { await collector.run() }
                 defer { tasks.cancelAll() }
-                try await waitFor("the worker to join", timeout: .seconds(60)) { stack.worker.isReady ? true : nil }
-                try await waitFor("the reader to join", timeout: .seconds(60)) { collector.isReading ? true : nil }
+                try await stack.worker.readiness.wait("the worker to join", timeout: .seconds(60)) { $0 ? () : nil }
+                try await collector.waitUntilReading(timeout: .seconds(60))
                 var mix = EventGenerator.Mix(connections: 2_000)
                 mix.malformedShare = 0
                 let generator = EventGenerator(mix: mix, refreshTopic: stack.configuration.inputTopics[0], w4Topic: stack.configuration.inputTopics[1])
@@ -456,7 +452,7 @@ public enum Benchmark {
                     tick += .milliseconds(50)
                     try await Task.sleep(until: tick, clock: .continuous)
                 }
-                try await waitFor("every steady event answered", timeout: .seconds(300)) { collector.snapshot.answered >= produced ? true : nil }
+                try await collector.wait("every steady event answered", timeout: .seconds(300)) { [total = produced] in $0.answered >= total }
                 let seconds = (ContinuousClock.now - start).timeInterval
                 try checkNoOffsetReset(stack)
                 let figures = collector.snapshot
@@ -503,16 +499,16 @@ public enum Benchmark {
             configuration: KafkaProducerConfiguration(client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers, properties: ["batch.num.messages": "10000"]), linger: .milliseconds(20)),
             logger: quietLogger(logger)
         )
-        let outstanding = Locked(0)
+        let outstanding = Watched(0)
         for index in 0..<options.consumeRecords {
             let record = KafkaProducerRecord(topic: topic, partition: Int32(index % partitions), key: nil, value: Array("record-\(index)".utf8))
-            outstanding.withLock { $0 += 1 }
-            while let error = producer.send(record, onDelivery: { _ in outstanding.withLock { $0 -= 1 } }) {
+            outstanding.update { $0 += 1 }
+            while let error = producer.send(record, onDelivery: { _ in outstanding.update { $0 -= 1 } }) {
                 guard error.code == .queueFull else { throw error }
                 try await Task.sleep(for: .milliseconds(1))
             }
         }
-        try await waitFor("the records produced", timeout: .seconds(600)) { outstanding.value == 0 ? true : nil }
+        try await outstanding.wait("the records produced", timeout: .seconds(600)) { $0 == 0 ? () : nil }
         producer.close()
         progress("consume: \(options.consumeRecords) records in \(partitions) partitions; reading them with our consumer")
 
@@ -605,7 +601,7 @@ public enum Benchmark {
             logger: quietLogger(logger)
         )
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: KafkaClientConfiguration(bootstrapServers: stack.cluster.bootstrapServers)), logger: quietLogger(logger))
-        let delivered = Locked(0)
+        let delivered = Watched(0)
         var consumed = 0
         var start: ContinuousClock.Instant?
         for await event in consumer.events {
@@ -613,7 +609,7 @@ public enum Benchmark {
             case .records(let batch):
                 if start == nil { start = ContinuousClock.now }
                 for record in batch {
-                    while let error = producer.forward(record, to: scratch, onDelivery: { _ in delivered.withLock { $0 += 1 } }) {
+                    while let error = producer.forward(record, to: scratch, onDelivery: { _ in delivered.update { $0 += 1 } }) {
                         guard error.code == .queueFull else { throw error }
                         try await Task.sleep(for: .milliseconds(1))
                     }
@@ -626,7 +622,7 @@ public enum Benchmark {
             }
             if consumed >= records { break }
         }
-        try await waitFor("pass-through deliveries", timeout: .seconds(600)) { delivered.value >= records ? true : nil }
+        try await delivered.wait("pass-through deliveries", timeout: .seconds(600)) { $0 >= records ? () : nil }
         let seconds = (ContinuousClock.now - (start ?? ContinuousClock.now)).timeInterval
         producer.close()
         await consumer.close(handingOverRevocations: false)

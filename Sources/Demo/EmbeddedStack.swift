@@ -83,7 +83,7 @@ public struct EmbeddedStack: Sendable {
         // The webhook receiver first: the sandbox needs its address.
         var receiverServices: [any Service] = []
         var webhooks: SandboxWebhooks?
-        let receiverPort = Locked<Int?>(nil)
+        let receiverPort = Watched<Int?>(nil)
         if options.webhooks {
             let secret = Data((0..<24).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
             var receiverConfiguration = WebhookReceiverConfiguration(bootstrapServers: cluster.bootstrapServers, secrets: [secret])
@@ -93,7 +93,7 @@ public struct EmbeddedStack: Sendable {
             receiver.addRoutes(to: router)
             let app = Application(
                 router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "finch-jobs-webhooks"),
-                onServerRunning: { channel in receiverPort.withLock { $0 = channel.localAddress?.port } }, logger: quiet
+                onServerRunning: { channel in receiverPort.set(channel.localAddress?.port) }, logger: quiet
             )
             receiverServices = [receiver, app]
         }
@@ -101,18 +101,18 @@ public struct EmbeddedStack: Sendable {
 
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
             if options.webhooks { tasks.addTask { try await receiverGroup.run() } }
-            let hookPort = options.webhooks ? try await waitFor("the webhook receiver to listen") { receiverPort.value } : 0
+            let hookPort = options.webhooks ? try await receiverPort.wait("the webhook receiver to listen") { $0 } : 0
             if options.webhooks {
                 let secret = receiverServices.compactMap { $0 as? WebhookReceiver }.first!.configuration.secrets[0]
                 webhooks = try SandboxWebhooks(url: "http://127.0.0.1:\(hookPort)/webhooks/finch", secret: secret, dropRate: options.webhookDropRate, logger: quiet)
             }
             let sandbox = FinchSandbox(settings: options.sandbox, tokens: tokens, logger: quiet, webhooks: webhooks)
-            let sandboxPort = Locked<Int?>(nil)
-            let sandboxApp = SandboxServer.application(sandbox: sandbox, port: options.sandboxPort, logger: quiet) { port in sandboxPort.withLock { $0 = port } }
+            let sandboxPort = Watched<Int?>(nil)
+            let sandboxApp = SandboxServer.application(sandbox: sandbox, port: options.sandboxPort, logger: quiet) { port in sandboxPort.set(port) }
             let sandboxGroup = ServiceGroup(services: [sandboxApp] + (webhooks.map { [$0] } ?? []), logger: quiet)
             tasks.addTask { try await sandboxGroup.run() }
             do {
-                let port = try await waitFor("the sandbox to listen") { sandboxPort.value }
+                let port = try await sandboxPort.wait("the sandbox to listen") { $0 }
                 configuration.tokensFile = tokensFile
                 configuration.finchBaseURL = "http://127.0.0.1:\(port)"
                 configuration.kafkaProperties = KafkaMockCluster.workerProperties
@@ -125,9 +125,9 @@ public struct EmbeddedStack: Sendable {
                 configuration.completionTimeout = options.completionTimeout
                 let registry = PrometheusCollectorRegistry()
                 let worker = try JobsWorker(configuration: configuration, logger: logger, metrics: WorkerMetrics(factory: PrometheusMetricsFactory(registry: registry)))
-                let httpPort = Locked<Int?>(nil)
+                let httpPort = Watched<Int?>(nil)
                 let http = OperationsServer.application(host: "127.0.0.1", port: options.httpPort, registry: registry, logger: quiet, isReady: { worker.isReady }) { port in
-                    httpPort.withLock { $0 = port }
+                    httpPort.set(port)
                 }
                 let workerGroup = ServiceGroup(services: [http, worker], logger: logger)
                 // The worker starts when `startWorker()` is called (at once unless deferred).
@@ -140,7 +140,7 @@ public struct EmbeddedStack: Sendable {
                 }
                 if !options.deferWorkerStart { start.yield() }
                 do {
-                    let metricsPort = options.deferWorkerStart ? 0 : try await waitFor("the metrics server to listen") { httpPort.value }
+                    let metricsPort = options.deferWorkerStart ? 0 : try await httpPort.wait("the metrics server to listen") { $0 }
                     let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(client: KafkaClientConfiguration(bootstrapServers: cluster.bootstrapServers)), logger: quiet)
                     // The generator's first events would otherwise wait for librdkafka's 1 s
                     // metadata timer (upstream 5032), and the demo's latency with them.
@@ -254,13 +254,10 @@ final class DeliveryCountdown: Sendable {
     }
 }
 
-/// Polls `value` until it is set, with a deadline.
-func waitFor<T: Sendable>(_ what: String, timeout: Duration = .seconds(20), _ value: () -> T?) async throws -> T {
-    let deadline = ContinuousClock.now + timeout
-    while true {
-        if let found = value() { return found }
-        guard ContinuousClock.now < deadline else { throw EmbeddedStackError("timed out waiting for \(what)") }
-        try await Task.sleep(for: .milliseconds(10))
+extension Watched {
+    /// ``wait(timeout:timedOut:for:)``, timing out with an ``EmbeddedStackError`` naming `what`.
+    func wait<Found: Sendable>(_ what: String, timeout: Duration = .seconds(20), for found: @escaping @Sendable (Value) -> Found?) async throws -> Found {
+        try await wait(timeout: timeout, timedOut: { EmbeddedStackError("timed out waiting for \(what)") }, for: found)
     }
 }
 

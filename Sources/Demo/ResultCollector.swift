@@ -35,7 +35,9 @@ public final class ResultCollector: Sendable {
     }
 
     private let consumer: KafkaConsumer
-    private let figures = Locked(Figures())
+    private let figures = Watched(Figures())
+    /// Whether the reader's group has assigned it partitions.
+    private let reading = Watched(false)
     private let answeredIDs = Locked(Set<String>())
     private let retriedCalls = Locked(RetriedCalls())
     private let sentAt: Locked<[String: ContinuousClock.Instant]>
@@ -64,9 +66,17 @@ public final class ResultCollector: Sendable {
         answeredIDs.withLock { $0.reserveCapacity(count) }
     }
 
-    /// Whether the reader's group has assigned it the topics' partitions (before that, the
-    /// first results would wait for the reader, not for the worker).
-    public var isReading: Bool { !consumer.assignment.isEmpty }
+    /// Waits until the reader's group has assigned it the topics' partitions (before that,
+    /// the first results would wait for the reader, not for the worker). ``run()`` must run.
+    public func waitUntilReading(timeout: Duration) async throws {
+        try await reading.wait("the reader to join its group", timeout: timeout) { $0 ? () : nil }
+    }
+
+    /// Waits until `condition` holds for the figures read so far. ``run()`` must run.
+    /// - Throws: ``EmbeddedStackError`` naming `what` after `timeout`.
+    public func wait(_ what: String, timeout: Duration, until condition: @escaping @Sendable (Figures) -> Bool) async throws {
+        try await figures.wait(what, timeout: timeout) { condition($0) ? () : nil }
+    }
 
     /// Reads until ``close()``.
     public func run() async {
@@ -111,7 +121,7 @@ public final class ResultCollector: Sendable {
                 // again would take CPU from the worker being measured.
                 let sent = sentAt.withLock { sentAt in sentAt.isEmpty ? Array(repeating: nil, count: ids.count) : ids.map { sentAt[$0] } }
                 let fresh = answeredIDs.withLock { answered in ids.filter { answered.insert($0).inserted }.count }
-                figures.withLock { figures in
+                figures.update { figures in
                     figures.results += batch.results
                     figures.createdJobs.formUnion(batch.createdJobs)
                     for (job, completion) in batch.completions where figures.completions.updateValue(completion, forKey: job) != nil {
@@ -137,7 +147,9 @@ public final class ResultCollector: Sendable {
                 }
             case .revoked(_, let acknowledgement), .lost(_, let acknowledgement):
                 acknowledgement.acknowledge()
-            case .assigned, .error:
+            case .assigned(let partitions):
+                if !partitions.isEmpty { reading.set(true) }
+            case .error:
                 break
             }
         }

@@ -12,8 +12,12 @@ final class WorkerProcess: Sendable {
         var offsetReset = false
         var partial = ""
         var last: [String] = []
+        /// Its exit status, once it exited.
+        var exitStatus: Int32?
     }
-    private let seen = Locked(Seen())
+    private let seen = Watched(Seen())
+    /// Signalled once, when it exited.
+    private let exited = DispatchSemaphore(value: 0)
 
     /// - Parameter binary: the `finch-jobs` to run; this one when `nil` (another build's, to
     ///   compare before and after a change).
@@ -26,8 +30,14 @@ final class WorkerProcess: Sendable {
         process.standardOutput = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
         stderr.fileHandleForReading.readabilityHandler = { [seen] handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
-            seen.withLock { seen in
+            let data = handle.availableData
+            // End of file: the handler would otherwise be called again and again.
+            guard !data.isEmpty else {
+                handle.readabilityHandler = nil
+                return
+            }
+            let text = String(decoding: data, as: UTF8.self)
+            seen.update { seen in
                 seen.partial += text
                 // Whole lines only: a line can arrive in two reads.
                 while let newline = seen.partial.firstIndex(of: "\n") {
@@ -39,18 +49,23 @@ final class WorkerProcess: Sendable {
                 }
             }
         }
+        process.terminationHandler = { [seen, exited] process in
+            seen.update { $0.exitStatus = process.terminationStatus }
+            exited.signal()
+        }
         try process.run()
         self.process = process
     }
 
-    /// Whether it was assigned partitions (its "partitions assigned" log line).
-    var assigned: Bool {
-        get throws {
-            guard process.isRunning else {
-                throw EmbeddedStackError("the worker process exited (\(process.terminationStatus)): \(seen.withLock { $0.last }.joined(separator: "\n"))")
-            }
-            return seen.withLock { $0.assigned }
+    /// Waits for it to be assigned partitions (its "partitions assigned" log line).
+    /// - Throws: when it exits first, or after `timeout`.
+    func waitUntilAssigned(timeout: Duration) async throws {
+        let outcome: Result<Void, EmbeddedStackError> = try await seen.wait("the worker process to join", timeout: timeout) { seen in
+            if seen.assigned { return .success(()) }
+            guard let status = seen.exitStatus else { return nil }
+            return .failure(EmbeddedStackError("the worker process exited (\(status)): \(seen.last.joined(separator: "\n"))"))
         }
+        try outcome.get()
     }
 
     /// User and system CPU seconds it used so far (`/proc/<pid>/stat`).
@@ -68,7 +83,7 @@ final class WorkerProcess: Sendable {
     /// Throws when librdkafka reset one of its positions (the mock cluster's retention
     /// overtook it): the figures are void.
     func checkNoOffsetReset() throws {
-        if seen.withLock({ $0.offsetReset }) {
+        if seen.value.offsetReset {
             throw EmbeddedStackError("the worker process's position was reset (mock cluster retention overtook it): the figures are void; use more partitions")
         }
     }
@@ -85,9 +100,7 @@ final class WorkerProcess: Sendable {
     func stop() {
         guard process.isRunning else { return }
         kill(process.processIdentifier, SIGTERM)
-        let deadline = ContinuousClock.now + .seconds(10)
-        while process.isRunning, ContinuousClock.now < deadline { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if exited.wait(timeout: .now() + 10) == .timedOut { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
     }
 }

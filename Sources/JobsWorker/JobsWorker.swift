@@ -33,6 +33,9 @@ public final class JobsWorker: Service, Sendable {
     /// shutdown begins or Kafka refuses a publication for good.
     public var isReady: Bool { driver.value?.isReady ?? false }
 
+    /// ``isReady`` as it changes, for tasks that wait for the worker to be ready.
+    public let readiness = Watched(false)
+
     /// Events admitted and not yet answered.
     package var unanswered: Int { driver.value?.unanswered ?? 0 }
     /// Connections Finch said need re-authentication.
@@ -137,7 +140,7 @@ public final class JobsWorker: Service, Sendable {
         let (jobs, jobQueue) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
         let driver = WorkerDriver(
             configuration: configuration, producer: producer, consumer: consumer, finch: finch, tokens: tokens,
-            metrics: metrics, logger: logger, jobs: jobQueue, webhookPartitions: webhookPartitions, onFailure: fail
+            metrics: metrics, logger: logger, jobs: jobQueue, webhookPartitions: webhookPartitions, readiness: readiness, onFailure: fail
         )
         self.driver.withLock { $0 = driver }
         if let partitionTotal { driver.setPartitionTotal(partitionTotal) }

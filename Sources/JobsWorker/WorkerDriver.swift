@@ -38,6 +38,10 @@ final class WorkerDriver: Sendable {
     private let jobs: AsyncStream<@Sendable () async -> Void>.Continuation
     /// Called once when the worker must stop because Kafka refused a publication for good.
     private let onFailure: @Sendable (String) -> Void
+    /// ``isReady`` for tasks that wait for it, set under the state lock whenever it changes;
+    /// `publishedReady` is its last value, read without taking the watchers' lock.
+    private let readiness: Watched<Bool>
+    private let publishedReady = Atomic<Bool>(false)
 
     init(
         configuration: WorkerConfiguration, producer: KafkaProducer, consumer: KafkaConsumer, finch: FinchClient,
@@ -46,9 +50,11 @@ final class WorkerDriver: Sendable {
         now: @escaping @Sendable () -> Date = Date.init,
         replicaID: String = UUID().uuidString.lowercased(),
         webhookPartitions: Int = 0,
+        readiness: Watched<Bool> = Watched(false),
         onFailure: @escaping @Sendable (String) -> Void
     ) {
         self.configuration = configuration
+        self.readiness = readiness
         self.state = Mutex(WorkerStateMachine(configuration: .init(
             maxBufferedEvents: configuration.maxBufferedEvents, reuseWindow: configuration.reuseWindow, dedupCapacity: configuration.dedupCapacity,
             decisionLog: .init(replicaID: replicaID),
@@ -90,7 +96,20 @@ final class WorkerDriver: Sendable {
 
     /// Feeds one input to the state machine and performs the actions it returns.
     private func input(_ transition: (inout WorkerStateMachine) -> [Action]) {
-        perform(state.withLock { transition(&$0) })
+        perform(withState(transition))
+    }
+
+    /// Runs `body` on the state machine and publishes a change of readiness it made.
+    private func withState<Result>(_ body: (inout WorkerStateMachine) -> Result) -> Result {
+        state.withLock { state in
+            let result = body(&state)
+            let ready = state.isReady
+            if publishedReady.load(ordering: .relaxed) != ready {
+                publishedReady.store(ready, ordering: .relaxed)
+                readiness.set(ready)
+            }
+            return result
+        }
     }
 
     // MARK: - Inputs
@@ -270,7 +289,7 @@ final class WorkerDriver: Sendable {
             }
         }
         let now = self.now()
-        let restored = state.withLock { state in
+        let restored = withState { state in
             let actions = state.restored(decisions, now: now, startup: startup)
             return (actions, state.decisionsRestored)
         }
@@ -281,13 +300,13 @@ final class WorkerDriver: Sendable {
 
     /// The consumer closed: not ready from now on.
     func consumerClosed() {
-        state.withLock { $0.consumerClosed() }
+        withState { $0.consumerClosed() }
     }
 
     /// Expires remembered answers and reports gauges.
     func tick() {
         let now = self.now()
-        let (actions, entries, evictions, buffered, paused) = state.withLock { state in
+        let (actions, entries, evictions, buffered, paused) = withState { state in
             let actions = state.tick(now: now)
             return (actions, state.dedup.count, state.dedup.evictions, state.tracker.unanswered, state.phase == .paused)
         }

@@ -12,7 +12,7 @@ import Testing
 
 @Suite("Health, metrics and logs", .timeLimit(.minutes(3)))
 struct OperationsTests {
-    @Test("Readiness is false before the group assigns partitions and true after; /metrics lists every worker metric")
+    @Test("Readiness is false before the group assigns partitions and true after, and so is what waiting tasks see; /metrics lists every worker metric")
     func healthAndMetrics() async throws {
         let tokens = makeTokens(5)
         let tokensFile = try writeTokensFile(tokens)
@@ -25,9 +25,12 @@ struct OperationsTests {
             try await app.test(.router) { client in
                 try await client.execute(uri: "/health/live", method: .get) { #expect($0.status == .ok) }
                 try await client.execute(uri: "/health/ready", method: .get) { #expect($0.status == .serviceUnavailable, "not ready before running") }
+                #expect(!worker.readiness.value)
 
                 let running = RunningWorker(worker: worker, logger: quietLogger("group"))
-                try await waitUntil("the group to assign partitions") { worker.isReady }
+                // Woken by the worker when the group assigns its partitions, not polled.
+                try await worker.readiness.wait(timeout: .seconds(60), timedOut: { Timeout(what: "the group to assign partitions") }) { $0 ? () : nil }
+                #expect(worker.isReady)
                 try await client.execute(uri: "/health/ready", method: .get) { #expect($0.status == .ok) }
 
                 try await kafka.produce([
@@ -48,6 +51,7 @@ struct OperationsTests {
                 }
                 try await running.stop()
                 try await client.execute(uri: "/health/ready", method: .get) { #expect($0.status == .serviceUnavailable, "not ready after shutdown") }
+                #expect(!worker.readiness.value, "waiting tasks see the shutdown too")
             }
             await kafka.close()
         }

@@ -4,6 +4,7 @@ import Foundation
 public struct Timeout: Error, CustomStringConvertible {
     public let what: String
     public var description: String { "timed out waiting for \(what)" }
+    public init(what: String) { self.what = what }
 }
 
 /// Checks `condition` until it holds or `timeout` passes: waiting for a condition, with a
