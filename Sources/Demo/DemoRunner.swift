@@ -157,18 +157,23 @@ public enum DemoRunner {
                         next += .seconds(1)
                     }
                 }
-                defer { reporter.cancel() }
                 // Wait (with a deadline) for every event to be answered or dead-lettered, then
                 // for every created job's completion (a webhook, or a poll for lost ones). A
                 // deadline that passes is not an error: the summary says what is missing.
                 let valid = summary.validEvents
                 let malformed = summary.produced[.malformed] ?? 0
                 do {
-                    try await collector.wait("every event answered", timeout: .seconds(60)) { $0.answered >= valid && $0.deadLetters >= malformed }
-                } catch is EmbeddedStackError {}
-                do {
-                    try await collector.wait("every created job's completion", timeout: .seconds(45)) { $0.createdJobs.isSubset(of: $0.completions.keys) }
-                } catch is EmbeddedStackError {}
+                    do {
+                        try await collector.wait("every event answered", timeout: .seconds(60)) { $0.answered >= valid && $0.deadLetters >= malformed }
+                    } catch is EmbeddedStackError {}
+                    do {
+                        try await collector.wait("every created job's completion", timeout: .seconds(45)) { $0.createdJobs.isSubset(of: $0.completions.keys) }
+                    } catch is EmbeddedStackError {}
+                } catch {
+                    reporter.cancel()
+                    throw error
+                }
+                reporter.cancel()
                 summary.elapsed = ContinuousClock.now - start
                 summary.figures = collector.snapshot
                 summary.unanswered = summary.validEvents - summary.figures.answered

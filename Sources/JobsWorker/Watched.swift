@@ -1,7 +1,11 @@
 import Synchronization
 
 /// A value that changes over time, and the tasks waiting for something to hold of it: every
-/// change offers the new value to the waiters, so none of them polls.
+/// change offers the new value to the waiters, so none of them polls. Only this package
+/// changes it; others read it and wait on it.
+///
+/// A waiter's condition runs under this value's lock (and, for a value changed under another
+/// lock, under that one too): it must only look at the value it is given, never take a lock.
 public final class Watched<Value: Sendable>: Sendable {
     /// A waiting task: `offer` returns how to resume it when `value` gives it what it waits
     /// for (the resumption runs outside the lock), and `fail` ends its wait with an error.
@@ -29,7 +33,7 @@ public final class Watched<Value: Sendable>: Sendable {
 
     /// Changes the value, then resumes every waiter it now satisfies.
     @discardableResult
-    public func update<Result>(_ body: (inout Value) -> Result) -> Result {
+    package func update<Result>(_ body: (inout Value) -> Result) -> Result {
         let (result, resumptions) = state.withLock { state -> (Result, [@Sendable () -> Void]) in
             let result = body(&state.value)
             guard !state.waiters.isEmpty else { return (result, []) }
@@ -45,7 +49,7 @@ public final class Watched<Value: Sendable>: Sendable {
         return result
     }
 
-    public func set(_ value: Value) {
+    package func set(_ value: Value) {
         update { $0 = value }
     }
 
