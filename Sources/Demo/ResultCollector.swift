@@ -100,7 +100,10 @@ public final class ResultCollector: Sendable {
                             continue
                         }
                         guard let result = ResultFields(value) ?? (try? decoder.decode(JobResult.self, from: Data(value))).map({
-                            ResultFields(type: $0.type, decidedBy: $0.decidedBy, jobID: $0.jobID, eventIDs: $0.eventIDs, attempts: $0.attempts)
+                            ResultFields(
+                                type: $0.type, decidedBy: $0.decidedBy, jobID: $0.jobID, eventIDs: $0.eventIDs, attempts: $0.attempts,
+                                connectionID: $0.connectionID, jobType: $0.jobType, individualID: $0.individualID, occurredAt: $0.occurredAt
+                            )
                         }), let type = result.type, let decidedBy = result.decidedBy else { continue }
                         if type == "job.created", let job = result.jobID { batch.createdJobs.insert(job) }
                         batch.results += 1
@@ -170,17 +173,19 @@ public func percentile(_ values: [Double], _ p: Double) -> Double? {
 
 /// Which answers waited for a Finch call that failed and was tried again. The call's own
 /// result has `attempts` > 1; the events that joined the call while it was retried are answered
-/// `in_flight` (attempts 0) with its job, in results produced after it to the same partition.
+/// `in_flight` (attempts 0) for the same key at the same `occurred_at`, in results produced
+/// after it to the same partition. (Not by job id: Finch answers other calls for a running
+/// job with the same id.)
 struct RetriedCalls {
-    private(set) var jobIDs: Set<String> = []
+    private(set) var answers: Set<String> = []
 
     mutating func waited(for result: ResultFields) -> Bool {
+        let answer = [result.connectionID, result.jobType, result.individualID, result.occurredAt].map { $0 ?? "" }.joined(separator: "\u{1}")
         if let attempts = result.attempts, attempts > 1 {
-            if let job = result.jobID { jobIDs.insert(job) }
+            answers.insert(answer)
             return true
         }
-        guard result.decidedBy == "in_flight", let job = result.jobID else { return false }
-        return jobIDs.contains(job)
+        return result.decidedBy == "in_flight" && answers.contains(answer)
     }
 }
 
@@ -196,13 +201,25 @@ struct ResultFields: Equatable {
     var eventIDs: [String] = []
     /// Finch calls made for this answer (0 when none was).
     var attempts: Int?
+    /// The answer's key and time.
+    var connectionID: String?
+    var jobType: String?
+    var individualID: String?
+    var occurredAt: String?
 
-    init(type: String?, decidedBy: String?, jobID: String?, eventIDs: [String], attempts: Int? = nil) {
+    init(
+        type: String?, decidedBy: String?, jobID: String?, eventIDs: [String], attempts: Int? = nil,
+        connectionID: String? = nil, jobType: String? = nil, individualID: String? = nil, occurredAt: String? = nil
+    ) {
         self.type = type
         self.decidedBy = decidedBy
         self.jobID = jobID
         self.eventIDs = eventIDs
         self.attempts = attempts
+        self.connectionID = connectionID
+        self.jobType = jobType
+        self.individualID = individualID
+        self.occurredAt = occurredAt
     }
 
     init?(_ bytes: [UInt8]) {
@@ -231,6 +248,10 @@ struct ResultFields: Equatable {
                 case "job_id": guard let value = string() else { return nil }; fields.jobID = value
                 case "result_id": guard string() != nil else { return nil }; hasResultID = true
                 case "attempts": guard let value = integer() else { return nil }; fields.attempts = value
+                case "connection_id": guard let value = string() else { return nil }; fields.connectionID = value
+                case "job_type": guard let value = string() else { return nil }; fields.jobType = value
+                case "individual_id": guard let value = string() else { return nil }; fields.individualID = value
+                case "occurred_at": guard let value = string() else { return nil }; fields.occurredAt = value
                 case "event_ids":
                     guard next() == UInt8(ascii: "[") else { return nil }
                     if peek() == UInt8(ascii: "]") { index += 1; break }

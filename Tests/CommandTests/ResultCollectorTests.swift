@@ -24,7 +24,10 @@ import Testing
         for result in results() {
             let fields = try #require(ResultFields(result.json), "\(result.type) must be read without JSONDecoder")
             let decoded = try JSONDecoder().decode(JobResult.self, from: Data(result.json))
-            #expect(fields == ResultFields(type: decoded.type, decidedBy: decoded.decidedBy, jobID: decoded.jobID, eventIDs: decoded.eventIDs, attempts: decoded.attempts))
+            #expect(fields == ResultFields(
+                type: decoded.type, decidedBy: decoded.decidedBy, jobID: decoded.jobID, eventIDs: decoded.eventIDs, attempts: decoded.attempts,
+                connectionID: decoded.connectionID, jobType: decoded.jobType, individualID: decoded.individualID, occurredAt: decoded.occurredAt
+            ))
         }
     }
 
@@ -54,21 +57,22 @@ import Testing
 
     @Test func setsApartTheEventsThatJoinedARetriedCall() throws {
         let job = FinchJobReference(jobID: "job-1", jobURL: "https://api.tryfinch.com/jobs/automated/job-1")
-        let other = FinchJobReference(jobID: "job-2", jobURL: "https://api.tryfinch.com/jobs/automated/job-2")
         let key = JobKey(connectionID: "c-1", individualID: nil)
-        func fields(_ answer: JobAnswer, _ decidedBy: DecidedBy, attempts: Int) throws -> ResultFields {
-            try #require(ResultFields(JobResult(key: key, eventIDs: ["e-1"], answer: answer, decidedBy: decidedBy, attempts: attempts, at: now).json))
+        func fields(_ answer: JobAnswer, _ decidedBy: DecidedBy, attempts: Int, key: JobKey = key, at time: Date) throws -> ResultFields {
+            try #require(ResultFields(JobResult(key: key, eventIDs: ["e-1"], answer: answer, decidedBy: decidedBy, attempts: attempts, at: time).json))
         }
+        let later = now + 2
         var calls = RetriedCalls()
-        // Before the retried call's own result, a joiner of its job is not known as one.
-        #expect(!calls.waited(for: try fields(.reused(job), .inFlight, attempts: 0)))
-        #expect(!calls.waited(for: try fields(.created(other), .finch, attempts: 1)))
-        #expect(!calls.waited(for: try fields(.reused(other), .inFlight, attempts: 0)))
-        #expect(calls.waited(for: try fields(.created(job), .finch, attempts: 3)))
-        #expect(calls.waited(for: try fields(.reused(job), .inFlight, attempts: 0)))
-        // Reusing the job later, from the reuse window, is not waiting for the retries.
-        #expect(!calls.waited(for: try fields(.reused(job), .reuseWindow, attempts: 0)))
-        #expect(!calls.waited(for: try fields(.reused(other), .inFlight, attempts: 0)))
+        // An earlier call that made the job at once, and the events that joined it.
+        #expect(!calls.waited(for: try fields(.created(job), .finch, attempts: 1, at: now)))
+        #expect(!calls.waited(for: try fields(.reused(job), .inFlight, attempts: 0, at: now)))
+        // A later call for the same key, tried three times; Finch answers with the same running job.
+        #expect(calls.waited(for: try fields(.reused(job), .finch, attempts: 3, at: later)))
+        #expect(calls.waited(for: try fields(.reused(job), .inFlight, attempts: 0, at: later)), "joined the retried call")
+        // Neither the earlier call's joiners, nor another key's at the same time, nor the reuse window.
+        #expect(!calls.waited(for: try fields(.reused(job), .inFlight, attempts: 0, at: now)))
+        #expect(!calls.waited(for: try fields(.reused(job), .inFlight, attempts: 0, key: JobKey(connectionID: "c-2", individualID: nil), at: later)))
+        #expect(!calls.waited(for: try fields(.reused(job), .reuseWindow, attempts: 0, at: later)))
     }
 
     /// The demo's sandbox fails 2 % of calls; the events waiting for those wait for the retry
