@@ -39,7 +39,6 @@ public final class ResultCollector: Sendable {
     /// Whether the reader's group has assigned it partitions.
     private let reading = Watched(false)
     private let answeredIDs = Locked(Set<String>())
-    private let retriedCalls = Locked(RetriedCalls())
     private let sentAt: Locked<[String: ContinuousClock.Instant]>
 
     public init(bootstrapServers: String, resultsTopic: String, deadLetterTopic: String, sentAt: Locked<[String: ContinuousClock.Instant]>, logger: Logger) throws {
@@ -81,6 +80,7 @@ public final class ResultCollector: Sendable {
     /// Reads until ``close()``.
     public func run() async {
         let decoder = JSONDecoder()
+        var retriedCalls = RetriedCalls()
         for await event in consumer.events {
             switch event {
             case .records(let records):
@@ -110,7 +110,7 @@ public final class ResultCollector: Sendable {
                         batch.byType[type, default: 0] += 1
                         batch.byDecider[decidedBy, default: 0] += 1
                         ids += result.eventIDs
-                        let waitedForRetries = retriedCalls.withLock { $0.waited(for: result) }
+                        let waitedForRetries = retriedCalls.waited(for: result)
                         retried += Array(repeating: waitedForRetries, count: result.eventIDs.count)
                         let timestamp = Double(record.timestampMilliseconds ?? 0) / 1_000
                         producedAt += Array(repeating: timestamp, count: result.eventIDs.count)
