@@ -2,7 +2,6 @@ import FinchAPI
 import FinchSandbox
 import Foundation
 import Hummingbird
-import Synchronization
 import JobsWorker
 import Kafka
 import Logging
@@ -194,17 +193,19 @@ public struct EmbeddedStack: Sendable {
     @discardableResult
     public func produce(_ events: [EventGenerator.Event], sentAt: Locked<[String: ContinuousClock.Instant]>?) async -> Int {
         let failed = Locked(0)
-        let outstanding = DeliveryCountdown()
+        // Records waiting for their delivery report (the producer reports every record,
+        // failures and closing included).
+        let outstanding = Watched(0)
         for event in events {
             if let sentAt, let id = event.id { sentAt.withLock { $0[id] = ContinuousClock.now } }
             while true {
-                outstanding.add()
+                outstanding.update { $0 += 1 }
                 let error = producer.send(event.record) { result in
                     if case .failure = result { failed.withLock { $0 += 1 } }
-                    outstanding.done()
+                    outstanding.update { $0 -= 1 }
                 }
                 guard let error else { break }
-                outstanding.done()
+                outstanding.update { $0 -= 1 }
                 guard error.code == .queueFull else {
                     failed.withLock { $0 += 1 }
                     break
@@ -218,39 +219,9 @@ public struct EmbeddedStack: Sendable {
                 }
             }
         }
-        await outstanding.drained()
+        // Cancelled: the caller no longer waits for the count.
+        _ = try? await outstanding.wait { $0 == 0 ? () : nil }
         return failed.value
-    }
-}
-
-/// Counts records waiting for their delivery report; ``drained()`` returns once none is left
-/// (the producer reports every record, failures and closing included).
-final class DeliveryCountdown: Sendable {
-    private let state = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
-
-    func add() {
-        state.withLock { $0.count += 1 }
-    }
-
-    func done() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.count -= 1
-            guard state.count == 0 else { return [] }
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        waiters.forEach { $0.resume() }
-    }
-
-    func drained() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { state in
-                if state.count == 0 { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if now { continuation.resume() }
-        }
     }
 }
 
