@@ -38,7 +38,7 @@ public final class ResultCollector: Sendable {
     private let figures = Watched(Figures())
     /// Whether the reader's group has assigned it partitions.
     private let reading = Watched(false)
-    private let answeredIDs = Locked(Set<String>())
+    private let answeredIDs = Locked(EventIDSet())
     private let sentAt: Locked<[String: ContinuousClock.Instant]>
 
     public init(bootstrapServers: String, resultsTopic: String, deadLetterTopic: String, sentAt: Locked<[String: ContinuousClock.Instant]>, logger: Logger) throws {
@@ -88,6 +88,9 @@ public final class ResultCollector: Sendable {
                 let wallNow = Date().timeIntervalSince1970
                 var batch = Figures()
                 var ids: [String] = []
+                // Latencies only when events were sent with their times (not in the stream
+                // scenario, where the per-id arrays would take CPU from the worker measured).
+                let timed = sentAt.withLock { !$0.isEmpty }
                 var producedAt: [Double] = []
                 var retried: [Bool] = []
                 for record in records {
@@ -111,19 +114,19 @@ public final class ResultCollector: Sendable {
                         batch.byDecider[decidedBy, default: 0] += 1
                         ids += result.eventIDs
                         let waitedForRetries = retriedCalls.waited(for: result)
-                        retried += Array(repeating: waitedForRetries, count: result.eventIDs.count)
-                        let timestamp = Double(record.timestampMilliseconds ?? 0) / 1_000
-                        producedAt += Array(repeating: timestamp, count: result.eventIDs.count)
+                        if timed {
+                            retried += repeatElement(waitedForRetries, count: result.eventIDs.count)
+                            let timestamp = Double(record.timestampMilliseconds ?? 0) / 1_000
+                            producedAt += repeatElement(timestamp, count: result.eventIDs.count)
+                        }
                     } else {
                         batch.deadLetters += 1
                         let reason = record.headers.first { $0.key == "finch-jobs.error.reason" }?.stringValue ?? "unknown"
                         batch.deadLettersByReason[reason, default: 0] += 1
                     }
                 }
-                // Without send times (the stream scenario), no lookup: hashing every id
-                // again would take CPU from the worker being measured.
-                let sent = sentAt.withLock { sentAt in sentAt.isEmpty ? Array(repeating: nil, count: ids.count) : ids.map { sentAt[$0] } }
-                let fresh = answeredIDs.withLock { answered in ids.filter { answered.insert($0).inserted }.count }
+                let sent = timed ? sentAt.withLock { sentAt in ids.map { sentAt[$0] } } : []
+                let fresh = answeredIDs.withLock { answered in ids.filter { answered.insert($0) }.count }
                 figures.update { figures in
                     figures.results += batch.results
                     figures.createdJobs.formUnion(batch.createdJobs)

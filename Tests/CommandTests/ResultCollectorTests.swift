@@ -91,3 +91,45 @@ import Testing
         #expect(summary.latencyText.hasSuffix("1 waited for a Finch call retried after a failure (p50 1 ms), the others p99 1 ms"), "\(summary.latencyText)")
     }
 }
+
+/// The reader counts each answered event once, whether its id is one of the generator's
+/// (`<prefix>-<serial>`, kept as bits) or any other string.
+@Suite struct EventIDSetTests {
+    @Test func countsEachIdOnce() {
+        var ids = EventIDSet()
+        let sample = ["t-0", "t-1", "t-63", "t-64", "t-99999", "s-1", "w-t-7", "e-01", "e-1", "e-+1", "e--1", "e-", "-5", "plain", "x-123456789", "", "t-\u{0661}"]
+        for id in sample {
+            let inserted = ids.insert(id)
+            #expect(inserted, "\(id) is new")
+        }
+        #expect(ids.count == sample.count)
+        for id in sample {
+            let inserted = ids.insert(id)
+            #expect(!inserted, "\(id) was seen")
+            #expect(ids.contains(id))
+        }
+        #expect(ids.count == sample.count)
+        for id in ["t-2", "s-0", "u-1", "t-65", "t-100000", "e-001", "w-t-8", "t-7"] { #expect(!ids.contains(id), "\(id) was never inserted") }
+    }
+
+    /// Two spellings of one number are two ids: only the canonical one is kept as a bit.
+    @Test func leadingZerosAreOtherIds() {
+        #expect(EventIDSet.split("t-7")?.serial == 7)
+        #expect(EventIDSet.split("t-0")?.serial == 0)
+        #expect(EventIDSet.split("t-07") == nil)
+        #expect(EventIDSet.split("t-\(EventIDSet.maxSerial)") == nil)
+        #expect(EventIDSet.split("a-b-12")?.prefix == "a-b")
+    }
+
+    @Test func agreesWithASetOverManyIds() {
+        var ids = EventIDSet()
+        var reference = Set<String>()
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            let id = Bool.random(using: &random) ? "t-\(Int.random(in: 0..<5_000, using: &random))" : "k\(Int.random(in: 0..<500, using: &random))"
+            let inserted = ids.insert(id)
+            #expect(inserted == reference.insert(id).inserted)
+        }
+        #expect(ids.count == reference.count)
+    }
+}
