@@ -6,8 +6,7 @@ import Testing
 struct SandboxCommandTests {
     @Test("finch-api in strict mode creates both job types, tells 201 from 202, retrieves, lists, and parses 401/404/429")
     func officialSDK() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("sandbox"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try temporaryDirectory("sandbox")
         let tokens = directory.appendingPathComponent("tokens.json")
         try Data(#"{"c-1":"token-one","c-2":"token-two"}"#.utf8).write(to: tokens)
 
@@ -25,8 +24,7 @@ struct SandboxCommandTests {
 
     @Test("finch-api in strict mode reads the sandbox's application-limit and IP-limit 429s (finch_code, Retry-After) as RateLimitError")
     func officialSDKRateLimits() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("sandbox"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try temporaryDirectory("sandbox")
         let tokens = directory.appendingPathComponent("tokens.json")
         try Data(#"{"c-1":"token-one"}"#.utf8).write(to: tokens)
 

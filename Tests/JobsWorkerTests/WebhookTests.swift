@@ -234,8 +234,7 @@ struct WebhookTests {
                 let verifier = try FinchWebhookVerifier(secrets: [Self.secret])
                 #expect(throws: Never.self) { try verifier.verify(body: delivery.body, header: { delivery.headers[$0] }) }
 
-                let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("unwrap"))
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                let directory = try temporaryDirectory("unwrap")
                 let bodyFile = directory.appendingPathComponent("body"), headersFile = directory.appendingPathComponent("headers.json")
                 try Data(delivery.body).write(to: bodyFile)
                 try JSONSerialization.data(withJSONObject: delivery.headers).write(to: headersFile)

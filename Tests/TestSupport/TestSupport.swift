@@ -21,3 +21,35 @@ public func waitUntil(_ what: String, timeout: Duration = .seconds(30), _ condit
 public func uniqueName(_ prefix: String) -> String {
     "\(prefix)-\(UInt32.random(in: 0...UInt32.max))"
 }
+
+/// A fresh directory under the system's temporary directory, removed with everything in it
+/// when the test process exits (tokens files, sandbox inputs): a test run leaves nothing in
+/// `/tmp`, and a test may still hand the directory to a process that outlives the test.
+public func temporaryDirectory(_ prefix: String) throws -> URL {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName(prefix))
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    TemporaryDirectories.shared.add(directory)
+    return directory
+}
+
+/// The directories ``temporaryDirectory(_:)`` made, removed at exit.
+final class TemporaryDirectories: Sendable {
+    static let shared: TemporaryDirectories = {
+        atexit { TemporaryDirectories.shared.removeAll() }
+        return TemporaryDirectories()
+    }()
+
+    private let directories = Locked<[URL]>([])
+
+    func add(_ directory: URL) {
+        directories.withLock { $0.append(directory) }
+    }
+
+    func removeAll() {
+        let all = directories.withLock { directories in
+            defer { directories = [] }
+            return directories
+        }
+        for directory in all { try? FileManager.default.removeItem(at: directory) }
+    }
+}

@@ -235,10 +235,10 @@ extension EmbeddedKafka {
     }
 }
 
-/// Writes a tokens file to a fresh temporary directory and returns its path.
+/// Writes a tokens file to a fresh temporary directory (removed when the tests end) and
+/// returns its path.
 public func writeTokensFile(_ tokens: [String: String]) throws -> String {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueName("finch-jobs-test"))
-    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let directory = try temporaryDirectory("finch-jobs-test")
     let file = directory.appendingPathComponent("tokens.json")
     try JSONSerialization.data(withJSONObject: tokens, options: [.sortedKeys]).write(to: file)
     return file.path
