@@ -128,6 +128,10 @@ public final class FinchClient: Sendable {
     }
 
     private func send(_ method: HTTPMethod, path: String, token: FinchAccessToken, body: Data?) async throws(FinchError) -> RawResponse {
+        // Refused here, not by the HTTP client: its error would quote the header, token and all.
+        guard token.secret.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw FinchError(code: .unauthorized, message: "the access token has a character an HTTP header cannot carry (a space, a line break or another control character, or non-ASCII); no call was made")
+        }
         var request = HTTPClientRequest(url: baseURL + path)
         request.method = method
         request.headers.add(name: "Authorization", value: "Bearer \(token.secret)")
@@ -156,15 +160,20 @@ public final class FinchClient: Sendable {
         } catch let error as NIOTooManyBytesError {
             throw FinchError(code: .undecodableBody, message: "response body larger than \(configuration.maxResponseBytes) bytes: \(error)")
         } catch {
-            throw FinchError(code: .connection, message: Self.describe(error))
+            throw FinchError(code: .connection, message: Self.describe(error, hiding: token))
         }
     }
 
-    private static func describe(_ error: any Error) -> String {
-        if let error = error as? HTTPClientError {
-            return "\(error)"
+    /// The error's text without the token: the message ends up in results, and some client
+    /// errors quote the request's header values (`invalidHeaderFieldValues`).
+    static func describe(_ error: any Error, hiding token: FinchAccessToken) -> String {
+        var text = String(describing: error)
+        guard !token.secret.isEmpty else { return text }
+        // As written, and as a string's debug description writes it inside a collection.
+        for form in [token.secret, String(String(reflecting: token.secret).dropFirst().dropLast())] where text.contains(form) {
+            text = text.replacingOccurrences(of: form, with: "<redacted>")
         }
-        return String(describing: error)
+        return text
     }
 
     private func failure(_ response: RawResponse) -> FinchError {

@@ -1,4 +1,4 @@
-import FinchAPI
+@testable import FinchAPI
 import FinchSandbox
 import Foundation
 import Logging
@@ -190,5 +190,34 @@ struct FinchClientSandboxTests {
             }
             try await finch.shutdown()
         }
+    }
+}
+
+@Suite("FinchClient never puts a token in an error")
+struct FinchClientTokenTests {
+    @Test("A token an HTTP header cannot carry (a trailing newline) fails at once, final, and its error does not contain it")
+    func unsendableToken() async throws {
+        // Nothing listens there: the token must be refused before any connection.
+        let finch = try client("http://127.0.0.1:9")
+        for secret in ["s3cret-token\n", "s3cret token", "s3cret-tökén", "\ts3cret-token"] {
+            let result = await finch.enqueue(.dataSyncAll, token: FinchAccessToken(secret))
+            guard case .failed(let error) = result.outcome else {
+                Issue.record("expected a failure, got \(result.outcome)")
+                continue
+            }
+            #expect(error.code == .unauthorized && !error.isRetriable)
+            #expect(!"\(error)".contains("s3cret"), "\(error)")
+        }
+        try await finch.shutdown()
+    }
+
+    @Test("An error quoting the token, as written or escaped, is redacted")
+    func redactsQuotedToken() {
+        struct Quoting: Error, CustomStringConvertible { let description: String }
+        let token = FinchAccessToken("abc\"def\n")
+        let quoted = Quoting(description: "bad header values: \(["Bearer \(token.secret)"]) raw: Bearer \(token.secret)")
+        let text = FinchClient.describe(quoted, hiding: token)
+        #expect(!text.contains("abc"), "\(text)")
+        #expect(text.contains("<redacted>"))
     }
 }

@@ -34,6 +34,16 @@ struct TokenStoreTests {
         }
     }
 
+    @Test("A token an HTTP header cannot carry (a trailing newline a template kept, a space, non-ASCII) is refused, and the sentence does not quote it")
+    func unsendableToken() throws {
+        for token in ["s3cret-token\n", "s3cret token", "s3cret-tökén", "s3cret\u{7F}"] {
+            let path = try writeTokensFile(["c-1": token])
+            let error = #expect(throws: TokensFile.LoadError.self) { _ = try TokenStore(path: path, logger: quietLogger("tokens")) }
+            #expect(error?.description.contains("\"c-1\"") == true)
+            #expect(error?.description.contains("s3cret") == false)
+        }
+    }
+
     @Test("A token's description is redacted")
     func redacted() {
         let token = FinchAccessToken("super-secret")
