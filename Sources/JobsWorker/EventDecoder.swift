@@ -69,7 +69,9 @@ public struct EventDecoder: Sendable {
 
     private func timestamp(_ field: WireField?, _ name: String) throws(DeadLetterReason) -> Date? {
         switch field {
-        case nil, .null?: return nil
+        case nil: return nil
+        // Optional, but a string when present, as the published schemas say.
+        case .null?: throw .invalidField(name, "must be an RFC 3339 string, not null")
         case .other(let kind)?: throw .invalidField(name, "must be an RFC 3339 string, not \(kind)")
         case .string(let value)?:
             guard let date = FinchDate.parse(value) else { throw .invalidField(name, "is not an RFC 3339 timestamp") }

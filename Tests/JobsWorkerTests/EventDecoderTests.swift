@@ -32,6 +32,9 @@ struct EventDecoderTests {
         (#"{"type":"refresh.requested","event_id":"","connection_id":"c"}"#, "invalid_field"),
         (#"{"type":"refresh.requested","event_id":"e","connection_id":{"x":1}}"#, "invalid_field"),
         (#"{"type":"refresh.requested","event_id":"e","connection_id":"c","requested_at":"yesterday"}"#, "invalid_field"),
+        // Optional, but a string when present: the published schemas say so.
+        (#"{"type":"refresh.requested","event_id":"e","connection_id":"c","requested_at":null}"#, "invalid_field"),
+        (#"{"type":"employee.w4.changed","event_id":"e","connection_id":"c","individual_id":"i","changed_at":null}"#, "invalid_field"),
         (#"{"type":"employee.w4.changed","event_id":"e","connection_id":"c"}"#, "missing_field"),
         (#"{"type":"payroll.run","event_id":"e","connection_id":"c"}"#, "unknown_type"),
     ] as [(String?, String)])
