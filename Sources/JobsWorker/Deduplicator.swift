@@ -119,8 +119,12 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     /// Another replica cleared `key`: its call ended without a decision (`expired` nil), or the
     /// decision that expired at `expired` is gone. Returns whether events wait for the key
     /// and now need a call of this replica's own (their entry becomes an own call).
+    /// A record clearing a decision that expired at `expired` leaves alone a call the same
+    /// key's replica started after it (whose deadline is later): only a call that ended, or
+    /// an in-flight record that expired by then, is cleared.
     package mutating func restoreCleared(_ key: JobKey, expired: Date?) -> Bool {
-        if elsewhere.removeValue(forKey: key) != nil {
+        if let until = elsewhere[key], expired.map({ until <= $0.milliseconds }) ?? true {
+            elsewhere[key] = nil
             if inFlight[key] != nil { return true }
         }
         if let expired {
@@ -175,6 +179,20 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         case .rateLimitedWithoutJob:
             return .answered(.rateLimited(retryAt: Date(milliseconds: memory.untilMilliseconds), lastJob: nil), .rateLimitMemory)
         }
+    }
+
+    /// A call of this replica's for `key` is about to be attempted. While it waited for its
+    /// turn (or backed off before a retry), another replica's decision for the key may have
+    /// been read from the log (``restoreDecision(_:answer:until:now:)`` remembers it beside
+    /// the call): when that memory answers the key now, the call is not made. Returns the
+    /// answer and the waiters it answers (the call is over), or `nil` to make the call.
+    package mutating func answeredMeanwhile(_ key: JobKey, now: Date) -> (answer: JobAnswer, decidedBy: DecidedBy, waiters: [Waiter])? {
+        guard inFlight[key] != nil else { return nil }
+        let fingerprint = KeyFingerprint(key)
+        guard let memory = remembered[fingerprint], now.milliseconds < memory.untilMilliseconds,
+              case .answered(let answer, let decidedBy) = answer(memory, fingerprint: fingerprint) else { return nil }
+        elsewhere[key] = nil
+        return (answer, decidedBy, inFlight.removeValue(forKey: key) ?? [])
     }
 
     /// The events waiting for `key`'s answer.

@@ -602,6 +602,15 @@ final class WorkerDriver: Sendable {
             } catch {
                 return abandon(key)
             }
+            // Another replica's decision may have come in while this call waited: then it
+            // answers the events, and Finch is not called.
+            if let answered = withState({ $0.attemptStarting(key, now: now()) }) {
+                limiter.release(.notCalled)
+                metrics.callDropped()
+                logger.debug("Finch call not made: another replica's decision answers its events", metadata: ["connection_id": "\(key.connectionID)"])
+                perform(answered)
+                return
+            }
             attempts += 1
             // Other replicas that come to own this key wait for this call until its deadline
             // instead of calling too. Not waited for: losing it costs a call at most.

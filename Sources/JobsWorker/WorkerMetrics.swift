@@ -129,8 +129,8 @@ public final class WorkerMetrics: Sendable {
         timer("finch_jobs_finch_call_duration_seconds").recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 
-    /// A queued call dropped before it started: its events' partitions had moved to
-    /// another replica.
+    /// A queued call not made: its events' partitions had moved to another replica, or
+    /// another replica's decision answered them while it waited.
     func callDropped() {
         counter("finch_jobs_finch_calls_dropped_total").increment()
     }

@@ -489,6 +489,22 @@ struct WorkerStateMachine: Sendable {
         return false
     }
 
+    /// A call of this replica's for `key` is about to be attempted (the first time, or again
+    /// after a backoff). Returns the results to publish instead when another replica's
+    /// decision, read from the log while the call waited, answers its events now: no Finch
+    /// call is made for events the reuse window or the rate-limit memory answers. `nil`: make
+    /// the call. The call's in-flight record supersedes any earlier decision of this
+    /// replica's for the key, whose expiry must then write no tombstone (it would clear the
+    /// in-flight record for the other replicas).
+    mutating func attemptStarting(_ key: JobKey, now: Date) -> [Action]? {
+        guard let (answer, decidedBy, waiters) = dedup.answeredMeanwhile(key, now: now) else {
+            own.until[key] = nil
+            return nil
+        }
+        let current = waiters.filter { tracker.isCurrent($0.position) }
+        return results(key, events: current, answer: answer, decidedBy: decidedBy, finch: nil, attempts: 0, now: now)
+    }
+
     /// A call given up without an answer (shutdown): its events stay unanswered and
     /// uncommitted; the next owner of their partitions answers them.
     mutating func callAbandoned(_ key: JobKey) -> [Action] {

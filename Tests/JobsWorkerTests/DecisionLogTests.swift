@@ -180,6 +180,74 @@ struct DecisionLogTests {
         #expect(decisions(n.tick(now: t0.addingTimeInterval(10))).isEmpty, "the other replica clears its own decision")
     }
 
+    @Test("A call started after this replica's decision expired is not cleared by that decision's tombstone: the expiry writes none once the new call's in-flight record is out")
+    func newCallOutlivesExpiredDecision() {
+        var m = machine(reuse: .seconds(10))
+        _ = m.admit([refresh("e-1", offset: 0)], now: t0)
+        _ = acknowledge(m.callFinished(refreshKey, answer: .created(job), finch: nil, attempts: 1, now: t0), in: &m)
+        // The window ended at t0+10 s; an event a moment later needs a new call, whose
+        // in-flight record the driver writes after attemptStarting.
+        #expect(calls(m.admit([refresh("e-2", offset: 1)], now: t0.addingTimeInterval(10.1))) == [refreshKey])
+        #expect(m.attemptStarting(refreshKey, now: t0.addingTimeInterval(10.1)) == nil, "nothing answers it: the call is made")
+        #expect(decisions(m.tick(now: t0.addingTimeInterval(10.5))).isEmpty, "no tombstone to clear the new call's in-flight record")
+    }
+
+    @Test("A tombstone for an expired decision leaves alone a call the replica started after it: events keep waiting for that call")
+    func staleTombstoneKeepsCallElsewhere() {
+        var m = machine()
+        let callStart = t0.addingTimeInterval(10.1)
+        _ = m.restored([Decision(key: refreshKey, state: .inFlight(until: callStart.addingTimeInterval(30)), replica: "a")], now: callStart, startup: false)
+        #expect(calls(m.admit([refresh("e-1", offset: 0)], now: callStart)).isEmpty, "waits for a's call")
+        let stale = m.restored([Decision(key: refreshKey, state: .cleared(until: t0.addingTimeInterval(10)), replica: "a")], now: callStart.addingTimeInterval(0.5), startup: false)
+        #expect(calls(stale).isEmpty, "a's earlier decision expired; its call goes on")
+        let decided = m.restored([Decision(key: refreshKey, state: .job(job, until: callStart.addingTimeInterval(60)), replica: "a")], now: callStart.addingTimeInterval(1), startup: false)
+        #expect(results(decided).map(\.decidedBy) == ["in_flight"], "answered by a's decision, no call of ours")
+        // An in-flight record whose deadline passed is cleared by a tombstone carrying it.
+        var n = machine()
+        _ = n.restored([Decision(key: refreshKey, state: .inFlight(until: t0.addingTimeInterval(30)), replica: "a")], now: t0, startup: false)
+        _ = n.admit([refresh("e-1", offset: 0)], now: t0)
+        #expect(calls(n.restored([Decision(key: refreshKey, state: .cleared(until: t0.addingTimeInterval(30)), replica: "b")], now: t0, startup: false)) == [refreshKey])
+    }
+
+    @Test("A call that waited its turn is not made when another replica's decision read meanwhile answers its events; it is made when none does")
+    func decisionReadWhileCallWaited() {
+        var m = machine()
+        #expect(calls(m.admit([refresh("e-1", offset: 0)], now: t0)) == [refreshKey])
+        _ = m.admit([refresh("e-2", offset: 1)], now: t0)
+        _ = m.restored([Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(60)), replica: "other")], now: t0.addingTimeInterval(1), startup: false)
+        let answered = m.attemptStarting(refreshKey, now: t0.addingTimeInterval(1))
+        let out = results(answered ?? [])
+        #expect(out.map(\.type) == ["job.reused"] && out.map(\.decidedBy) == ["reuse_window"])
+        #expect(out.first?.eventIDs == ["e-1", "e-2"] && out.first?.jobID == job.jobID)
+        #expect(decisions(answered ?? []).isEmpty, "no call made: nothing of ours to write")
+        let stored = stored(acknowledge(answered ?? [], in: &m))
+        #expect(stored[p0] == 2)
+        #expect(m.dedup.waiters(of: refreshKey).isEmpty)
+
+        // A quota 429 read meanwhile answers as rate limited; an expired one does not.
+        var n = machine()
+        _ = n.admit([refresh("e-1", offset: 0)], now: t0)
+        _ = n.restored([Decision(key: refreshKey, state: .rateLimited(retryAt: t0.addingTimeInterval(30), lastJob: nil), replica: "other")], now: t0, startup: false)
+        #expect(n.attemptStarting(refreshKey, now: t0.addingTimeInterval(31)) == nil, "retry_at passed: the call is made")
+        var o = machine()
+        _ = o.admit([refresh("e-1", offset: 0)], now: t0)
+        _ = o.restored([Decision(key: refreshKey, state: .rateLimited(retryAt: t0.addingTimeInterval(30), lastJob: nil), replica: "other")], now: t0, startup: false)
+        #expect(results(o.attemptStarting(refreshKey, now: t0.addingTimeInterval(1)) ?? []).map(\.type) == ["job.rate_limited"])
+    }
+
+    /// Acknowledges every publication and decision record in `actions`.
+    func acknowledge(_ actions: [Action], in m: inout WorkerStateMachine) -> [Action] {
+        var out: [Action] = []
+        for action in actions {
+            switch action {
+            case .publish(let publication): out += m.acknowledged(publication.events, hold: publication.hold)
+            case .recordDecision(_, let hold?): out += m.decisionWritten(hold: hold)
+            default: break
+            }
+        }
+        return out
+    }
+
     // MARK: - Restoring
 
     @Test("Restored decisions answer from memory: a job as reused, a quota 429 as rate limited, no call")
