@@ -68,6 +68,9 @@ package struct OffsetTracker: Sendable {
     private var nextGeneration: UInt64 = 1
     /// Records received and not yet answered, over all partitions.
     package private(set) var unanswered = 0
+    /// Offsets held, over all partitions: every record from a partition's watermark on,
+    /// answered or not (answered ones stay behind an unanswered one until it is answered).
+    package private(set) var held = 0
 
     /// What ``receive(_:offset:)`` made of a record.
     package enum Reception: Sendable, Equatable {
@@ -99,7 +102,10 @@ package struct OffsetTracker: Sendable {
     package mutating func assign(_ added: [TopicPartition]) {
         lastFound = nil
         for partition in added {
-            if let old = partitions[partition] { unanswered -= old.unanswered }
+            if let old = partitions[partition] {
+                unanswered -= old.unanswered
+                held -= old.pending.count
+            }
             partitions[partition] = PartitionState(generation: nextGeneration)
             nextGeneration += 1
         }
@@ -111,6 +117,7 @@ package struct OffsetTracker: Sendable {
         for partition in removed {
             if let old = partitions.removeValue(forKey: partition) {
                 unanswered -= old.unanswered
+                held -= old.pending.count
             }
         }
     }
@@ -122,7 +129,9 @@ package struct OffsetTracker: Sendable {
         guard let slot = slot(partition) else { return .unassigned }
         let reception = Self.receive(offset, partition: partition, in: &partitions.values[slot])
         switch reception {
-        case .accepted, .rewound: unanswered += 1
+        case .accepted, .rewound:
+            unanswered += 1
+            held += 1
         case .duplicate, .unassigned: break
         }
         return reception
@@ -163,19 +172,24 @@ package struct OffsetTracker: Sendable {
     /// Marks a record answered.
     package mutating func complete(_ position: RecordPosition) {
         guard let slot = slot(position.partition), partitions.values[slot].generation == position.generation else { return }
-        unanswered -= Self.complete(position.offset, in: &partitions.values[slot])
+        let (answered, released) = Self.complete(position.offset, in: &partitions.values[slot])
+        unanswered -= answered
+        held -= released
     }
 
-    /// - Returns: by how much the unanswered count goes down (0 or 1).
-    private static func complete(_ offset: Int64, in state: inout PartitionState) -> Int {
-        guard let index = state.index(of: offset), state.pending[index].mark != .done else { return 0 }
+    /// - Returns: by how much the unanswered count goes down (0 or 1), and how many offsets
+    ///   the watermark passed.
+    private static func complete(_ offset: Int64, in state: inout PartitionState) -> (answered: Int, released: Int) {
+        guard let index = state.index(of: offset), state.pending[index].mark != .done else { return (0, 0) }
         let wasOpen = state.pending[index].mark == .open
         state.pending[index].mark = .done
         if wasOpen { state.unanswered -= 1 }
+        var released = 0
         while state.pending.first?.mark == .done {
             state.pending.removeFirst()
+            released += 1
         }
-        return wasOpen ? 1 : 0
+        return (wasOpen ? 1 : 0, released)
     }
 
     /// Whether the record belongs to a partition's current assignment.

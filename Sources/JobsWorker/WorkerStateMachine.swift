@@ -30,6 +30,12 @@ struct WorkerStateMachine: Sendable {
         var reuseWindow: Duration
         var dedupCapacity: Int
         var maxEventIDsPerResult = JobResult.maxEventIDs
+        /// Offsets held behind the oldest unanswered record (answered ones included) beyond
+        /// which fetching pauses too: one slow call (a long retry) must not let a stream of
+        /// answered events pile up behind it without bound. 16 bytes each.
+        var maxHeldOffsets: Int? = nil
+        var heldOffsetsLimit: Int { maxHeldOffsets ?? Self.heldOffsetsPerBufferedEvent * maxBufferedEvents }
+        static let heldOffsetsPerBufferedEvent = 100
         /// The first delay before producing a refused record again; doubles up to `maxRepublishDelay`.
         var republishDelay: Duration = .milliseconds(100)
         var maxRepublishDelay: Duration = .seconds(5)
@@ -667,14 +673,15 @@ struct WorkerStateMachine: Sendable {
         return [.setFetching(false, version: fetchingVersion)]
     }
 
-    /// Pauses fetching past `maxBufferedEvents` unanswered events and resumes at half of it.
+    /// Pauses fetching past `maxBufferedEvents` unanswered events, or past the held offsets'
+    /// limit, and resumes once both are at half of their limit.
     private mutating func flowControl() -> [Action] {
-        let limit = configuration.maxBufferedEvents
+        let limit = configuration.maxBufferedEvents, heldLimit = configuration.heldOffsetsLimit
         switch phase {
-        case .running where tracker.unanswered > limit:
+        case .running where tracker.unanswered > limit || tracker.held > heldLimit:
             phase = .paused
             return stopFetching()
-        case .paused where tracker.unanswered <= limit / 2:
+        case .paused where tracker.unanswered <= limit / 2 && tracker.held <= heldLimit / 2:
             phase = .running
             fetchingVersion += 1
             return [.setFetching(true, version: fetchingVersion)]

@@ -140,6 +140,33 @@ struct WorkerStateMachineTests {
         #expect(m.phase == .running)
     }
 
+    @Test("Answered events piling up behind one slow call pause fetching past the held-offsets limit; the slow call's answer releases them and fetching resumes")
+    func heldOffsetsBound() {
+        var configuration = WorkerStateMachine.Configuration(maxBufferedEvents: 1_000, reuseWindow: .seconds(60), dedupCapacity: 1_000)
+        configuration.maxHeldOffsets = 10
+        var m = WorkerStateMachine(configuration: configuration)
+        _ = m.assigned([p0])
+        let fast = JobKey(connectionID: "c-1", individualID: nil), slow = JobKey(connectionID: "c-slow", individualID: nil)
+        #expect(calls(m.admit([refresh("e-0", offset: 0)], now: t0)) == [fast])
+        _ = acknowledgeAll(m.callFinished(fast, answer: .created(job), finch: nil, attempts: 1, now: t0), in: &m)
+        // The slow call never ends here; events behind it are answered from memory.
+        #expect(calls(m.admit([refresh("e-1", "c-slow", offset: 1)], now: t0)) == [slow])
+        var offset: Int64 = 2
+        var paused: [(Bool, UInt64)] = []
+        while paused.isEmpty, offset < 100 {
+            let admitted = m.admit([refresh("e-\(offset)", offset: offset)], now: t0)
+            paused = fetching(admitted + acknowledgeAll(admitted, in: &m))
+            offset += 1
+        }
+        #expect(paused.map(\.0) == [false], "paused once 10 offsets are held")
+        #expect(m.tracker.unanswered == 1 && m.tracker.held == 11 && m.phase == .paused)
+        #expect(m.tracker.watermark(p0) == 1, "nothing committed past the slow event")
+        let released = acknowledgeAll(m.callFinished(slow, answer: .created(job), finch: nil, attempts: 1, now: t0), in: &m)
+        #expect(stored(released)[p0] == offset)
+        #expect(fetching(released).map(\.0) == [true])
+        #expect(m.tracker.held == 0 && m.phase == .running)
+    }
+
     @Test("A revoke drain finishes when the last event of the revoked partitions is answered; one with nothing pending at once")
     func revokeDrain() {
         var m = machine()
