@@ -42,7 +42,11 @@ public final class KafkaConsumer: Sendable {
             core: core, timeout: configuration.rebalanceTimeout,
             uncommittedStart: ConsumerRebalancer.uncommittedStart(properties: properties)
         )
-        continuation.onTermination = { [core] _ in core.stopListening() }
+        // A reader that went away takes no more batches: the poll thread must not wait for it.
+        continuation.onTermination = { [core] _ in
+            core.stopListening()
+            core.handOff.close()
+        }
         let context = ClientContext(
             logger: logger,
             rebalance: rebalancer,
@@ -126,16 +130,30 @@ public final class KafkaConsumer: Sendable {
     }
 
     /// ``commit()`` on a Dispatch thread, so no Swift concurrency thread blocks in librdkafka.
+    /// Cancelling the task ends the wait at once (the commit goes on in the background):
+    /// librdkafka 2.0.2's synchronous commit has no timeout, and with the group's coordinator
+    /// unreachable it waits for up to `session.timeout.ms`, longer than a shutdown may take.
     public func commitStoredOffsets() async throws(KafkaError) {
-        let result: Result<Void, KafkaError> = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                do throws(KafkaError) {
-                    try self.commit()
-                    continuation.resume(returning: .success(()))
-                } catch {
-                    continuation.resume(returning: .failure(error))
+        let wait = CommitWait()
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                guard wait.start(continuation) else {
+                    continuation.resume(returning: .failure(CommitWait.given))
+                    return
+                }
+                DispatchQueue.global().async {
+                    let outcome: Result<Void, KafkaError>
+                    do throws(KafkaError) {
+                        try self.commit()
+                        outcome = .success(())
+                    } catch {
+                        outcome = .failure(error)
+                    }
+                    wait.finish(outcome)
                 }
             }
+        } onCancel: {
+            wait.finish(.failure(CommitWait.given))
         }
         try result.get()
     }
@@ -162,6 +180,9 @@ public final class KafkaConsumer: Sendable {
 
     /// Partitions paused now by flow control (as the poll thread applied it).
     public var pausedPartitions: Set<TopicPartition> { core.state.withLock { $0.paused } }
+
+    /// Whether the poll thread waits for the reader to take the batch handed over (tests).
+    var isWaitingForReader: Bool { core.handOff.isWaiting }
 
     /// This member's current assignment.
     public var assignment: Set<TopicPartition> { core.state.withLock { $0.assignment } }
@@ -283,5 +304,37 @@ final class PendingRecords: @unchecked Sendable {
     func take() -> [KafkaRecord] {
         defer { records = []; records.reserveCapacity(capacity) }
         return records
+    }
+}
+
+/// The wait for a commit running on a Dispatch thread: resumed once, by the commit's outcome
+/// or by a cancellation, whichever comes first.
+private final class CommitWait: Sendable {
+    private enum State {
+        case idle
+        case waiting(CheckedContinuation<Result<Void, KafkaError>, Never>)
+        case done
+    }
+
+    static let given = KafkaError(code: .commit, message: "the commit was given up before Kafka answered (it may still complete)")
+
+    private let state = Mutex(State.idle)
+
+    /// - Returns: `false` when the wait was cancelled before it started.
+    func start(_ continuation: CheckedContinuation<Result<Void, KafkaError>, Never>) -> Bool {
+        state.withLock { state in
+            guard case .idle = state else { return false }
+            state = .waiting(continuation)
+            return true
+        }
+    }
+
+    func finish(_ outcome: Result<Void, KafkaError>) {
+        let continuation: CheckedContinuation<Result<Void, KafkaError>, Never>? = state.withLock { state in
+            defer { state = .done }
+            if case .waiting(let continuation) = state { return continuation }
+            return nil
+        }
+        continuation?.resume(returning: outcome)
     }
 }

@@ -67,13 +67,26 @@ public struct KafkaConsumerEvents: AsyncSequence, Sendable {
 /// a batch only once the previous one was taken, so records not yet taken stay in
 /// librdkafka, where pausing a partition discards them.
 final class BatchHandOff: Sendable {
-    private let room = DispatchSemaphore(value: 1)
+    /// One slot, given after creation: libdispatch aborts the process when a semaphore is
+    /// freed with a value below the one it was created with, which a hand-off closed while
+    /// the poll thread held the slot leaves (a reader that stopped taking batches).
+    private let room: DispatchSemaphore = {
+        let semaphore = DispatchSemaphore(value: 0)
+        semaphore.signal()
+        return semaphore
+    }()
     private let isOpen = Atomic<Bool>(true)
+    private let waiting = Atomic<Bool>(false)
+
+    /// Whether the poll thread is waiting for room now.
+    var isWaiting: Bool { waiting.load(ordering: .acquiring) }
 
     /// Blocks the poll thread until the previous batch was taken or the consumer is closing.
     func waitForRoom() {
         guard isOpen.load(ordering: .acquiring) else { return }
+        waiting.store(true, ordering: .releasing)
         room.wait()
+        waiting.store(false, ordering: .releasing)
     }
 
     func taken() {

@@ -99,6 +99,66 @@ struct KafkaConsumerFailurePathTests {
         #expect(throws: KafkaError.self) { _ = try consumer.consumer.committed([TopicPartition(topic: topic, partition: 0)]) }
     }
 
+    @Test("A reader that stops taking batches, then a close and release of the consumer, ends cleanly (libdispatch aborts on a semaphore freed below its start value)")
+    func readerStopsThenRelease() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("stop-reading")
+        try cluster.createTopic(topic, partitions: 2)
+        try await produce(300, to: topic, on: cluster)
+        do {
+            let consumer = try cluster.consumer(group: uniqueName("stop-reading"), topics: [topic], maxBatchSize: 10)
+            var batches = 0
+            for await event in consumer.events {
+                switch event {
+                case .records: batches += 1
+                case .revoked(_, let acknowledgement), .lost(_, let acknowledgement): acknowledgement.acknowledge()
+                case .assigned, .error: break
+                }
+                if batches == 1 { break }
+            }
+            #expect(batches == 1)
+            // The poll thread now holds the next batch and waits for room for the one after.
+            try await waitUntil("the poll thread to wait for room for a batch nobody takes") { consumer.isWaitingForReader }
+            await consumer.close(handingOverRevocations: false)
+        }
+        // Released: the process is still here.
+    }
+
+    @Test("The batch hand-off closed while the poll thread waits for room is released cleanly: libdispatch aborts the process when a semaphore is freed below its start value")
+    func handOffReleasedAfterCloseWakesWaiter() async throws {
+        do {
+            let handOff = BatchHandOff()
+            handOff.waitForRoom()  // the slot the first batch takes
+            let waited = OneShotSignal()
+            Thread { handOff.waitForRoom(); waited.signal() }.start()
+            try await waitUntil("the poll thread to wait for room") { handOff.isWaiting }
+            handOff.close()
+            await waited.wait()
+        }
+        // Released: the process is still here.
+    }
+
+    @Test("A commit Kafka does not answer ends when its task is cancelled (a shutdown's deadline), not when librdkafka's synchronous commit returns")
+    func commitGivenUpOnCancel() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("slow-commit")
+        try cluster.createTopic(topic, partitions: 1)
+        try await produce(20, to: topic, on: cluster)
+        let consumer = ConsumerDriver(try cluster.consumer(group: uniqueName("slow-commit"), topics: [topic], properties: ["auto.commit.interval.ms": "600000"]))
+        try await waitUntil("the records read") { consumer.snapshot.records.count == 20 }
+        #expect(consumer.consumer.storeOffsets([TopicPartition(topic: topic, partition: 0): 20]).isEmpty)
+        // The coordinator answers the commit 4 s late.
+        try cluster.pushRequestError(.offsetCommit, .noError, broker: 1, rtt: .seconds(4))
+        let started = ContinuousClock.now
+        let commit = Task { try await consumer.consumer.commitStoredOffsets() }
+        // As a shutdown's deadline cancels it.
+        commit.cancel()
+        let error = await #expect(throws: KafkaError.self) { try await commit.value }
+        #expect(error?.message.contains("given up") == true, "\(String(describing: error))")
+        #expect(ContinuousClock.now - started < .seconds(3), "the wait ended before Kafka's answer")
+        await consumer.close()
+    }
+
     @Test("Stores racing a close never reach a destroyed handle", arguments: 1...3)
     func storesRacingClose(round: Int) async throws {
         let cluster = try KafkaMockCluster()
