@@ -11,14 +11,22 @@ import Synchronization
 public final class KafkaProducer: Sendable {
     private let client: RDKafkaClient
     private let pollThread: PollThread
-    private let state = Mutex(State.open)
+    private let state = Mutex(State())
+    /// Signalled by the last lease returned once the producer is closing.
+    private let leasesReturned = DispatchSemaphore(value: 0)
     /// Topic handles made by ``warmUp(topics:timeout:)``, destroyed with the client.
     private let topicHandles = Mutex<[String: TopicHandle]>([:])
     /// The largest record this producer accepts (`message.max.bytes`): records sized to it
     /// (a truncated dead letter) are not refused locally.
     public let maxMessageBytes: Int
 
-    private enum State { case open, closed }
+    /// Whether the producer is open, and the calls using its handle now: closing waits for
+    /// them, so no call reaches a destroyed handle and no record is produced after the purge
+    /// that fails every outstanding one (it would never get a delivery report).
+    private struct State {
+        var open = true
+        var leases = 0
+    }
 
     /// Creates the producer and starts its delivery-report thread.
     /// - Parameter onFatalError: called once, on a librdkafka thread, when the producer hit a
@@ -52,7 +60,51 @@ public final class KafkaProducer: Sendable {
     }
 
     deinit {
+        if pollThread.isCurrent {
+            // Released by a delivery report's callback, on the delivery-report thread: that
+            // thread cannot wait for itself, nor destroy the handle it is polling. Another
+            // thread closes what this producer owned once the callback has returned.
+            guard closeLeases() else { return }
+            let client = client, pollThread = pollThread, handles = takeTopicHandles()
+            DispatchQueue.global().async { Self.release(client: client, pollThread: pollThread, topicHandles: handles) }
+            return
+        }
         close(timeout: .seconds(0))
+    }
+
+    /// Runs `body` with the handle unless the producer is closing or closed.
+    private func withHandle<R>(_ body: (OpaquePointer) -> R) -> R? {
+        guard state.withLock({ state in
+            guard state.open else { return false }
+            state.leases += 1
+            return true
+        }) else { return nil }
+        defer {
+            let last = state.withLock { state in
+                state.leases -= 1
+                return !state.open && state.leases == 0
+            }
+            if last { leasesReturned.signal() }
+        }
+        return body(client.pointer)
+    }
+
+    /// Takes no more leases and waits for those out. - Returns: `false` when already closed.
+    private func closeLeases() -> Bool {
+        let (wasOpen, out) = state.withLock { state in
+            defer { state.open = false }
+            return (state.open, state.leases)
+        }
+        guard wasOpen else { return false }
+        if out > 0 { leasesReturned.wait() }
+        return true
+    }
+
+    private func takeTopicHandles() -> [TopicHandle] {
+        topicHandles.withLock { handles in
+            defer { handles = [:] }
+            return Array(handles.values)
+        }
     }
 
     /// Sends one record and returns where it was persisted.
@@ -121,11 +173,11 @@ public final class KafkaProducer: Sendable {
         topic: String, onDelivery: @escaping @Sendable (Result<KafkaDeliveryReport, KafkaError>) -> Void,
         _ produce: (UnsafeMutableRawPointer) -> rd_kafka_resp_err_t
     ) -> KafkaError? {
-        guard state.withLock({ $0 == .open }) else {
+        let opaque = Unmanaged.passRetained(PendingDelivery(onDelivery)).toOpaque()
+        guard let err = withHandle({ _ in produce(opaque) }) else {
+            Unmanaged<PendingDelivery>.fromOpaque(opaque).release()
             return KafkaError(code: .closed, message: "the producer is closed")
         }
-        let opaque = Unmanaged.passRetained(PendingDelivery(onDelivery)).toOpaque()
-        let err = produce(opaque)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             Unmanaged<PendingDelivery>.fromOpaque(opaque).release()
             let code: KafkaError.Code = err == RD_KAFKA_RESP_ERR__QUEUE_FULL ? .queueFull : .produce
@@ -190,30 +242,29 @@ public final class KafkaProducer: Sendable {
 
     /// Waits until every record sent so far has its delivery report.
     /// - Returns: `false` when some are still outstanding after `timeout`.
+    /// (After ``close(timeout:)``, every record has had its report: `true`.)
     @discardableResult
     public func flush(timeout: Duration) -> Bool {
-        rd_kafka_flush(client.pointer, Int32(clamping: timeout.milliseconds)) == RD_KAFKA_RESP_ERR_NO_ERROR
+        withHandle { rd_kafka_flush($0, Int32(clamping: timeout.milliseconds)) == RD_KAFKA_RESP_ERR_NO_ERROR } ?? true
     }
 
     /// Flushes within `timeout`, fails every record still outstanding (its `send` throws),
-    /// and releases the client. Idempotent.
+    /// and releases the client. Sends racing it either get in before (and are flushed or
+    /// failed) or are refused as `closed`. Idempotent.
+    /// - Precondition: not called from a delivery report's callback (it would wait for itself).
     public func close(timeout: Duration = .seconds(10)) {
-        let wasOpen = state.withLock { state in
-            defer { state = .closed }
-            return state == .open
-        }
-        guard wasOpen else { return }
-        if !flush(timeout: timeout) {
+        guard closeLeases() else { return }
+        if rd_kafka_flush(client.pointer, Int32(clamping: timeout.milliseconds)) != RD_KAFKA_RESP_ERR_NO_ERROR {
             client.context.logger.warning("producer closed with records not yet acknowledged; their senders get an error")
         }
+        Self.release(client: client, pollThread: pollThread, topicHandles: takeTopicHandles())
+    }
+
+    /// Stops the delivery-report thread, fails every record still queued or in flight and
+    /// serves those reports (so every waiting `send` resumes), then destroys the handle.
+    private static func release(client: RDKafkaClient, pollThread: PollThread, topicHandles: [TopicHandle]) {
         pollThread.stop()
-        let handles = topicHandles.withLock { handles in
-            defer { handles = [:] }
-            return Array(handles.values)
-        }
-        for handle in handles { rd_kafka_topic_destroy(handle.pointer) }
-        // Fail what is still queued or in flight, then serve those delivery reports so every
-        // waiting `send` resumes before the handle goes away.
+        for handle in topicHandles { rd_kafka_topic_destroy(handle.pointer) }
         rd_kafka_purge(client.pointer, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
         rd_kafka_poll(client.pointer, 0)
         _ = rd_kafka_flush(client.pointer, 1_000)
@@ -249,17 +300,22 @@ public final class KafkaProducer: Sendable {
     }
 
     private func partitionCount(topic: String, timeout: Duration) -> Result<Int, KafkaError> {
-        let handle: OpaquePointer? = topicHandles.withLock { handles in
-            if let existing = handles[topic] { return existing.pointer }
-            guard let made = rd_kafka_topic_new(client.pointer, topic, nil) else { return nil }
+        withHandle { rk in partitionCount(rk, topic: topic, timeout: timeout) }
+            ?? .failure(KafkaError(code: .closed, message: "the producer is closed"))
+    }
+
+    private func partitionCount(_ rk: OpaquePointer, topic: String, timeout: Duration) -> Result<Int, KafkaError> {
+        let topicHandle: TopicHandle? = topicHandles.withLock { handles in
+            if let existing = handles[topic] { return existing }
+            guard let made = rd_kafka_topic_new(rk, topic, nil) else { return nil }
             handles[topic] = TopicHandle(pointer: made)
-            return made
+            return handles[topic]
         }
-        guard let handle else {
+        guard let handle = topicHandle?.pointer else {
             return .failure(KafkaError(code: .produce, message: "cannot create a handle for topic \(topic)"))
         }
         var metadata: UnsafePointer<rd_kafka_metadata>? = nil
-        let err = rd_kafka_metadata(client.pointer, 0, handle, &metadata, Int32(clamping: timeout.milliseconds))
+        let err = rd_kafka_metadata(rk, 0, handle, &metadata, Int32(clamping: timeout.milliseconds))
         defer { if let metadata { rd_kafka_metadata_destroy(metadata) } }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {
             return .failure(KafkaError.from(err, code: .produce, context: "no metadata for topic \(topic)"))
@@ -276,12 +332,12 @@ public final class KafkaProducer: Sendable {
 
     /// Raises a fatal error as librdkafka would after an idempotence failure, for tests.
     package func triggerFatalErrorForTesting() {
-        _ = rd_kafka_test_fatal_error(client.pointer, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "test: simulated fatal idempotent producer error")
+        _ = withHandle { rd_kafka_test_fatal_error($0, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "test: simulated fatal idempotent producer error") }
     }
 
-    /// The number of records waiting for their delivery report.
+    /// The number of records waiting for their delivery report (0 once closed).
     public var outstandingCount: Int {
-        Int(rd_kafka_outq_len(client.pointer))
+        withHandle { Int(rd_kafka_outq_len($0)) } ?? 0
     }
 }
 

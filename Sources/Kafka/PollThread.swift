@@ -6,6 +6,8 @@ import Synchronization
 final class PollThread: Sendable {
     private final class Flag: Sendable {
         let stop = Atomic<Bool>(false)
+        /// The thread's id once it runs (0 before).
+        let threadID = Atomic<UInt>(0)
     }
 
     private let flag = Flag()
@@ -14,6 +16,7 @@ final class PollThread: Sendable {
     /// Starts `body` on a new thread; `body` polls until its argument returns `true`.
     init(name: String, body: @escaping @Sendable (_ shouldStop: () -> Bool) -> Void) {
         let thread = Thread { [flag, finished] in
+            flag.threadID.store(UInt(pthread_self()), ordering: .releasing)
             body { flag.stop.load(ordering: .acquiring) }
             finished.signal()
         }
@@ -32,7 +35,11 @@ final class PollThread: Sendable {
         flag.stop.store(true, ordering: .releasing)
     }
 
+    /// Whether the caller runs on this thread (inside `body`, in a callback it serves).
+    var isCurrent: Bool { flag.threadID.load(ordering: .acquiring) == UInt(pthread_self()) }
+
     /// Waits until the loop has returned.
+    /// - Precondition: not on this thread (``isCurrent``), which would wait for itself.
     func join() {
         finished.wait()
         finished.signal()

@@ -160,6 +160,58 @@ struct KafkaRoundTripTests {
         #expect(error?.code == .closed)
     }
 
+    @Test("Sends racing a close each end: acknowledged, failed by the close, or refused as closed; none waits forever and none reaches a destroyed handle")
+    func sendsRacingClose() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("race-close")
+        try cluster.createTopic(topic, partitions: 2)
+        let producer = try cluster.producer()
+        let outcomes = try await withThrowingTaskGroup(of: (sent: Int, closed: Int, other: Int).self) { group in
+            for sender in 0..<8 {
+                group.addTask {
+                    var sent = 0, closed = 0, other = 0
+                    while closed == 0 {
+                        do {
+                            _ = try await producer.send(KafkaProducerRecord(topic: topic, key: nil, value: Array("\(sender)-\(sent)".utf8)))
+                            sent += 1
+                        } catch let error as KafkaError where error.code == .closed {
+                            closed += 1
+                        } catch {
+                            other += 1  // failed by the close's purge
+                        }
+                    }
+                    return (sent, closed, other)
+                }
+            }
+            try await waitUntil("records flowing") { producer.outstandingCount > 0 }
+            producer.close(timeout: .milliseconds(50))
+            return try await group.reduce(into: [(sent: Int, closed: Int, other: Int)]()) { $0.append($1) }
+        }
+        #expect(outcomes.count == 8 && outcomes.allSatisfy { $0.closed == 1 })
+        #expect(producer.outstandingCount == 0 && producer.flush(timeout: .zero))
+    }
+
+    @Test("A producer whose last reference goes away in its own delivery callback closes without waiting for itself")
+    func releasedInItsOwnDeliveryCallback() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("last-reference")
+        try cluster.createTopic(topic, partitions: 1)
+        let holder = Locked<KafkaProducer?>(try cluster.producer())
+        let released = Locked(false)
+        let delivered = Locked<Result<KafkaDeliveryReport, KafkaError>?>(nil)
+        let error = holder.withLock { producer in
+            producer?.send(KafkaProducerRecord(topic: topic, key: nil, value: Array("last".utf8))) { result in
+                delivered.withLock { $0 = result }
+                // The last reference, dropped on the delivery-report thread: deinit runs here.
+                holder.withLock { $0 = nil }
+                released.withLock { $0 = true }
+            }
+        }
+        #expect(error == nil)
+        try await waitUntil("the producer released in its callback") { released.value }
+        #expect(try delivered.value?.get().topic == topic)
+    }
+
     @Test("An unknown or managed librdkafka property is rejected with a message naming it")
     func invalidPropertiesAreRejected() throws {
         let cluster = try KafkaMockCluster()
