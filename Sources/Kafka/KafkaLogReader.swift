@@ -30,7 +30,9 @@ public final class KafkaLogReader: Sendable {
     private let client: RDKafkaClient
     private let thread: Mutex<PollThread?>
     private let continuation: AsyncStream<Event>.Continuation
-    private let closed = Atomic<Bool>(false)
+    /// Whether ``close()`` has begun. Held by ``lag`` while it reads the handle, so a close
+    /// cannot destroy the handle under it.
+    private let closed = Mutex(false)
 
     /// Starts reading `topic` from the beginning of every partition.
     /// - Throws: ``KafkaError`` when the client cannot be made or the topic's metadata cannot
@@ -129,7 +131,10 @@ public final class KafkaLogReader: Sendable {
 
     /// Records between the reader's positions and the partitions' ends, as last fetched.
     public var lag: Int64 {
-        guard !closed.load(ordering: .acquiring) else { return 0 }
+        closed.withLock { closed in closed ? 0 : readLag() }
+    }
+
+    private func readLag() -> Int64 {
         var total: Int64 = 0
         let list = rd_kafka_topic_partition_list_new(Int32(partitionCount))!
         defer { rd_kafka_topic_partition_list_destroy(list) }
@@ -148,7 +153,10 @@ public final class KafkaLogReader: Sendable {
 
     /// Stops reading and closes the client; the stream finishes. Idempotent.
     public func close() {
-        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        guard closed.withLock({ closed in
+            defer { closed = true }
+            return !closed
+        }) else { return }
         thread.withLock { $0 }?.stop()
         _ = rd_kafka_consumer_close(client.pointer)
         client.destroy()

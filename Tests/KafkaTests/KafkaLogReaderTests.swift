@@ -26,6 +26,31 @@ struct KafkaLogReaderTests {
         return (seen, task)
     }
 
+    @Test("Lag read while the reader closes never reaches a destroyed handle: 0 once closed", arguments: 1...3)
+    func lagRacingClose(round: Int) async throws {
+        let cluster = try KafkaMockCluster(brokers: 1)
+        let topic = uniqueName("log-lag")
+        try cluster.createTopic(topic, partitions: 3, replicationFactor: 1)
+        let reader = try KafkaLogReader(client: .init(bootstrapServers: cluster.bootstrapServers), topic: topic, logger: testLogger)
+        let (seen, task) = follow(reader)
+        try await waitUntil("caught up") { seen.caughtUpAfter.withLock { $0 } != nil }
+        let started = Locked(false)
+        let reading = Task.detached {
+            var calls = 0
+            for _ in 0..<20_000 {
+                _ = reader.lag
+                calls += 1
+                if calls == 1 { started.withLock { $0 = true } }
+            }
+            return calls
+        }
+        try await waitUntil("lag being read") { started.value }
+        reader.close()
+        #expect(await reading.value == 20_000)
+        #expect(reader.lag == 0)
+        await task.value
+    }
+
     @Test("An empty topic is caught up at once; records written later are followed")
     func emptyThenFollow() async throws {
         let cluster = try KafkaMockCluster(brokers: 1)
