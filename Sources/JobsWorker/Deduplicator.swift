@@ -186,13 +186,13 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     /// been read from the log (``restoreDecision(_:answer:until:now:)`` remembers it beside
     /// the call): when that memory answers the key now, the call is not made. Returns the
     /// answer and the waiters it answers (the call is over), or `nil` to make the call.
-    package mutating func answeredMeanwhile(_ key: JobKey, now: Date) -> (answer: JobAnswer, decidedBy: DecidedBy, waiters: [Waiter])? {
+    package mutating func answeredMeanwhile(_ key: JobKey, now: Date) -> (answer: JobAnswer, decidedBy: DecidedBy, until: Date, waiters: [Waiter])? {
         guard inFlight[key] != nil else { return nil }
         let fingerprint = KeyFingerprint(key)
         guard let memory = remembered[fingerprint], now.milliseconds < memory.untilMilliseconds,
               case .answered(let answer, let decidedBy) = answer(memory, fingerprint: fingerprint) else { return nil }
         elsewhere[key] = nil
-        return (answer, decidedBy, inFlight.removeValue(forKey: key) ?? [])
+        return (answer, decidedBy, Date(milliseconds: memory.untilMilliseconds), inFlight.removeValue(forKey: key) ?? [])
     }
 
     /// The events waiting for `key`'s answer.

@@ -372,10 +372,13 @@ final class WorkerDriver: Sendable {
             case .call(let key):
                 if calls.withLock({ $0.enqueue(key) }) { startCallRunner() }
             case .setFetching(let fetching, let version):
+                let (unanswered, held, heldLimit) = state.withLock { ($0.tracker.unanswered, $0.tracker.held, $0.configuration.heldOffsetsLimit) }
                 if fetching {
-                    logger.notice("resuming fetching: unanswered events back under half the limit", metadata: ["unanswered": "\(unanswered)"])
+                    logger.notice("resuming fetching: unanswered events and held offsets back under half their limits", metadata: ["unanswered": "\(unanswered)", "held_offsets": "\(held)"])
                 } else {
-                    logger.notice("pausing fetching", metadata: ["unanswered": "\(unanswered)", "limit": "\(configuration.maxBufferedEvents)"])
+                    logger.notice("pausing fetching", metadata: [
+                        "unanswered": "\(unanswered)", "limit": "\(configuration.maxBufferedEvents)", "held_offsets": "\(held)", "held_offsets_limit": "\(heldLimit)",
+                    ])
                 }
                 consumer.setFetching(fetching, version: version)
             case .storeOffsets(let offsets):
@@ -589,26 +592,33 @@ final class WorkerDriver: Sendable {
         var last: FinchEnqueueResult?
         // Set by an application-limit 429: the retries must start before the rate-limit budget ends.
         var rateLimitDeadline: ContinuousClock.Instant?
+        // Another replica's decision may come in while this call waits (its turn, the call
+        // budget, a backoff): then it answers the events, and Finch is not called.
+        func answeredMeanwhile() -> Bool {
+            guard let answered = withState({ $0.attemptStarting(key, attemptsMade: attempts, now: now()) }) else { return false }
+            metrics.callDropped()
+            logger.debug("Finch call not made: another replica's decision answers its events", metadata: ["connection_id": "\(key.connectionID)"])
+            perform(answered)
+            return true
+        }
         while true {
+            if answeredMeanwhile() { return }
             do {
                 try await limiter.acquire(deadline: rateLimitDeadline)
             } catch .blocked(let until) {
+                if answeredMeanwhile() { return }
                 let answer = JobAnswer.failed(.finchIPBlocked, message: Self.blockedMessage(until: until, calledNow: false), retryAt: until)
                 finish(key, answer, decidedBy: attempts == 0 ? .local : .finch, last: last, attempts: attempts)
                 return
             } catch .timedOut {
+                if answeredMeanwhile() { return }
                 finish(key, applicationLimitedTooLong(last), decidedBy: .finch, last: last, attempts: attempts)
                 return
             } catch {
                 return abandon(key)
             }
-            // Another replica's decision may have come in while this call waited: then it
-            // answers the events, and Finch is not called.
-            if let answered = withState({ $0.attemptStarting(key, now: now()) }) {
+            if answeredMeanwhile() {
                 limiter.release(.notCalled)
-                metrics.callDropped()
-                logger.debug("Finch call not made: another replica's decision answers its events", metadata: ["connection_id": "\(key.connectionID)"])
-                perform(answered)
                 return
             }
             attempts += 1

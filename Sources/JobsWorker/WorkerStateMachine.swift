@@ -502,13 +502,30 @@ struct WorkerStateMachine: Sendable {
     /// the call. The call's in-flight record supersedes any earlier decision of this
     /// replica's for the key, whose expiry must then write no tombstone (it would clear the
     /// in-flight record for the other replicas).
-    mutating func attemptStarting(_ key: JobKey, now: Date) -> [Action]? {
-        guard let (answer, decidedBy, waiters) = dedup.answeredMeanwhile(key, now: now) else {
+    ///
+    /// After attempts of its own (`attemptsMade` > 0), this replica's in-flight record may be
+    /// the key's newest in the log, after the decision that answers: that decision is written
+    /// again under this replica's id, so compaction cannot leave the in-flight record for a
+    /// replica that starts later to wait on, and then call.
+    mutating func attemptStarting(_ key: JobKey, attemptsMade: Int = 0, now: Date) -> [Action]? {
+        guard let (answer, decidedBy, until, waiters) = dedup.answeredMeanwhile(key, now: now) else {
             own.until[key] = nil
             return nil
         }
         let current = waiters.filter { tracker.isCurrent($0.position) }
-        return results(key, events: current, answer: answer, decidedBy: decidedBy, finch: nil, attempts: 0, now: now)
+        var actions = results(key, events: current, answer: answer, decidedBy: decidedBy, finch: nil, attempts: 0, now: now)
+        if attemptsMade > 0, let log = configuration.decisionLog {
+            let state: Decision.State? = switch answer {
+            case .created(let job), .reused(let job): .job(job, until: until)
+            case .rateLimited(let retryAt, let lastJob): .rateLimited(retryAt: retryAt, lastJob: lastJob)
+            case .failed: nil
+            }
+            if let state {
+                own.insert(key, until: until)
+                actions.insert(.recordDecision(.decision(Decision(key: key, state: state, replica: log.replicaID)), hold: nil), at: 0)
+            }
+        }
+        return actions
     }
 
     /// A call given up without an answer (shutdown): its events stay unanswered and

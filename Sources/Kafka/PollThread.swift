@@ -16,7 +16,7 @@ final class PollThread: Sendable {
     /// Starts `body` on a new thread; `body` polls until its argument returns `true`.
     init(name: String, body: @escaping @Sendable (_ shouldStop: () -> Bool) -> Void) {
         let thread = Thread { [flag, finished] in
-            flag.threadID.store(UInt(pthread_self()), ordering: .releasing)
+            flag.threadID.store(currentThreadID(), ordering: .releasing)
             body { flag.stop.load(ordering: .acquiring) }
             finished.signal()
         }
@@ -36,7 +36,7 @@ final class PollThread: Sendable {
     }
 
     /// Whether the caller runs on this thread (inside `body`, in a callback it serves).
-    var isCurrent: Bool { flag.threadID.load(ordering: .acquiring) == UInt(pthread_self()) }
+    var isCurrent: Bool { flag.threadID.load(ordering: .acquiring) == currentThreadID() }
 
     /// Waits until the loop has returned.
     /// - Precondition: not on this thread (``isCurrent``), which would wait for itself.
@@ -44,4 +44,14 @@ final class PollThread: Sendable {
         finished.wait()
         finished.signal()
     }
+}
+
+/// The calling thread's id as a number (`pthread_t` is an integer on Linux, a pointer on
+/// Darwin).
+private func currentThreadID() -> UInt {
+    #if canImport(Darwin)
+    UInt(bitPattern: pthread_self())
+    #else
+    UInt(pthread_self())
+    #endif
 }

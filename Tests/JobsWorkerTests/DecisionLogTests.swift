@@ -229,6 +229,17 @@ struct DecisionLogTests {
         _ = n.admit([refresh("e-1", offset: 0)], now: t0)
         _ = n.restored([Decision(key: refreshKey, state: .rateLimited(retryAt: t0.addingTimeInterval(30), lastJob: nil), replica: "other")], now: t0, startup: false)
         #expect(n.attemptStarting(refreshKey, now: t0.addingTimeInterval(31)) == nil, "retry_at passed: the call is made")
+        // After an attempt of ours (its in-flight record may be the key's newest in the log),
+        // the decision that answers is written again under our id, and cleared by us at its end.
+        var r = machine()
+        _ = r.admit([refresh("e-1", offset: 0)], now: t0)
+        _ = r.restored([Decision(key: refreshKey, state: .job(job, until: t0.addingTimeInterval(60)), replica: "other")], now: t0.addingTimeInterval(2), startup: false)
+        let retried = r.attemptStarting(refreshKey, attemptsMade: 1, now: t0.addingTimeInterval(2)) ?? []
+        #expect(results(retried).map(\.decidedBy) == ["reuse_window"])
+        #expect(decisions(retried).map { $0.0.state } == [.job(job, until: t0.addingTimeInterval(60))])
+        #expect(decisions(retried).map { $0.0.replica } == ["me"])
+        #expect(decisions(r.tick(now: t0.addingTimeInterval(60))).map { $0.0.state } == [.cleared(until: t0.addingTimeInterval(60))])
+
         var o = machine()
         _ = o.admit([refresh("e-1", offset: 0)], now: t0)
         _ = o.restored([Decision(key: refreshKey, state: .rateLimited(retryAt: t0.addingTimeInterval(30), lastJob: nil), replica: "other")], now: t0, startup: false)
