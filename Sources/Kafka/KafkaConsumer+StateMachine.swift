@@ -40,7 +40,7 @@ extension KafkaConsumer {
         /// Partitions this consumer paused (never resume one that is not paused: 4636).
         private(set) var paused: Set<TopicPartition> = []
         /// Per partition, the offset after the last record handed to the application.
-        private var positions: [TopicPartition: Int64] = [:]
+        private(set) var positions: [TopicPartition: Int64] = [:]
 
         init() {}
 

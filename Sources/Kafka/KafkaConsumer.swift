@@ -184,6 +184,11 @@ public final class KafkaConsumer: Sendable {
     /// Whether the poll thread waits for the reader to take the batch handed over (tests).
     var isWaitingForReader: Bool { core.handOff.isWaiting }
 
+    /// Records handed over so far, over all assigned partitions, counted from `start` (tests).
+    func handedOver(from start: Int64 = 0) -> Int64 {
+        core.state.withLock { $0.positions.values.reduce(0) { $0 + ($1 - start) } }
+    }
+
     /// This member's current assignment.
     public var assignment: Set<TopicPartition> { core.state.withLock { $0.assignment } }
 

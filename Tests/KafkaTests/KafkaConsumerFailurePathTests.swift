@@ -99,6 +99,9 @@ struct KafkaConsumerFailurePathTests {
         #expect(throws: KafkaError.self) { _ = try consumer.consumer.committed([TopicPartition(topic: topic, partition: 0)]) }
     }
 
+    /// The whole path, with a real consumer. Whether the poll thread is inside its wait when
+    /// the close wakes it is up to timing (the old semaphore aborted here in 1 run of 3);
+    /// ``handOffReleasedAfterCloseWakesWaiter()`` pins the abort every time.
     @Test("A reader that stops taking batches, then a close and release of the consumer, ends cleanly (libdispatch aborts on a semaphore freed below its start value)")
     func readerStopsThenRelease() async throws {
         let cluster = try KafkaMockCluster()
@@ -122,6 +125,32 @@ struct KafkaConsumerFailurePathTests {
             await consumer.close(handingOverRevocations: false)
         }
         // Released: the process is still here.
+    }
+
+    @Test("A reader that goes away (its task cancelled) leaves the poll thread free: later batches are not waited for")
+    func readerGoneReleasesPollThread() async throws {
+        let cluster = try KafkaMockCluster()
+        let topic = uniqueName("reader-gone")
+        try cluster.createTopic(topic, partitions: 2)
+        let consumer = try cluster.consumer(group: uniqueName("reader-gone"), topics: [topic], maxBatchSize: 10)
+        let assigned = Locked(false)
+        let reader = Task {
+            for await event in consumer.events {
+                switch event {
+                case .assigned(let partitions): if !partitions.isEmpty { assigned.withLock { $0 = true } }
+                case .revoked(_, let acknowledgement), .lost(_, let acknowledgement): acknowledgement.acknowledge()
+                case .records, .error: break
+                }
+            }
+        }
+        try await waitUntil("assigned") { assigned.value }
+        reader.cancel()  // the stream ends while the reader waits in it
+        await reader.value
+        try await produce(300, to: topic, on: cluster)
+        // Batches of 10 now go nowhere; the poll thread must not wait for a reader that is gone.
+        try await waitUntil("every record handed over") { consumer.handedOver() == 300 }
+        #expect(!consumer.isWaitingForReader)
+        await consumer.close(handingOverRevocations: false)
     }
 
     @Test("The batch hand-off closed while the poll thread waits for room is released cleanly: libdispatch aborts the process when a semaphore is freed below its start value")
