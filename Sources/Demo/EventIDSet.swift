@@ -4,8 +4,14 @@
 /// measures: hashing 100,000 strings into a set took about a third of its CPU in the `stream`
 /// benchmark, where every cycle it spends is one the worker does not get.
 struct EventIDSet {
-    /// Serials seen, one bit each, by prefix (the part before the last `-`).
+    /// Serials seen, one bit each, by prefix (the part before the last `-`), except those of
+    /// the current prefix.
     private var serials: [Substring: [UInt64]] = [:]
+    /// The prefix of the last generator id inserted, and its serials' bits: a run's ids
+    /// nearly all share one prefix, which is then compared, not hashed (hashing it was a
+    /// third of what counting an id cost).
+    private var currentPrefix: Substring?
+    private var currentWords: [UInt64] = []
     private var others: Set<String> = []
     private(set) var count = 0
 
@@ -25,8 +31,13 @@ struct EventIDSet {
             count += 1
             return true
         }
+        if prefix != currentPrefix {
+            if let currentPrefix { serials[currentPrefix] = currentWords }
+            currentWords = serials.removeValue(forKey: prefix) ?? []
+            currentPrefix = prefix
+        }
         let word = serial >> 6, bit = UInt64(1) << UInt64(serial & 63)
-        let inserted: Bool = serials[prefix, default: []].withWord(word) { value in
+        let inserted: Bool = currentWords.withWord(word) { value in
             defer { value |= bit }
             return value & bit == 0
         }
@@ -36,24 +47,29 @@ struct EventIDSet {
 
     func contains(_ id: String) -> Bool {
         guard let (prefix, serial) = Self.split(id) else { return others.contains(id) }
-        guard let words = serials[prefix], serial >> 6 < words.count else { return false }
+        guard let words = prefix == currentPrefix ? currentWords : serials[prefix], serial >> 6 < words.count else { return false }
         return words[serial >> 6] & (UInt64(1) << UInt64(serial & 63)) != 0
     }
 
     /// `<prefix>-<serial>` with a serial written the one way a number is (no sign, no leading
     /// zero), so that two different ids never share a bit; `nil` for any other id.
     static func split(_ id: String) -> (prefix: Substring, serial: Int)? {
-        guard let dash = id.utf8.lastIndex(of: UInt8(ascii: "-")) else { return nil }
-        let digits = id.utf8[id.utf8.index(after: dash)...]
-        guard let first = digits.first, first >= UInt8(ascii: "0"), first <= UInt8(ascii: "9"),
-              first != UInt8(ascii: "0") || digits.count == 1, digits.count <= 8 else { return nil }
-        var serial = 0
-        for byte in digits {
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-            serial = serial * 10 + Int(byte - UInt8(ascii: "0"))
+        // The bytes in place (a small id is copied to the stack), not through String's indices.
+        let parsed: (dash: Int, serial: Int)?? = id.utf8.withContiguousStorageIfAvailable { bytes in
+            var dash = bytes.count - 1
+            while dash >= 0, bytes[dash] != UInt8(ascii: "-") { dash -= 1 }
+            let digits = bytes.count - dash - 1
+            guard dash >= 0, digits >= 1, digits <= 8, bytes[dash + 1] != UInt8(ascii: "0") || digits == 1 else { return nil }
+            var serial = 0
+            for byte in bytes[(dash + 1)...] {
+                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+                serial = serial * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+            return (dash, serial)
         }
-        guard serial < maxSerial else { return nil }
-        return (id[..<dash], serial)
+        // Every native string has contiguous UTF-8; a bridged one is counted as any other id.
+        guard let found = parsed ?? nil, found.serial < maxSerial else { return nil }
+        return (id[..<id.utf8.index(id.utf8.startIndex, offsetBy: found.dash)], found.serial)
     }
 }
 

@@ -126,10 +126,14 @@ import Testing
         var reference = Set<String>()
         var random = SystemRandomNumberGenerator()
         for _ in 0..<20_000 {
-            let id = Bool.random(using: &random) ? "t-\(Int.random(in: 0..<5_000, using: &random))" : "k\(Int.random(in: 0..<500, using: &random))"
+            // Mostly one prefix, as a run's ids are, sometimes another, and ids of no prefix.
+            let prefix = Int.random(in: 0..<10, using: &random) == 0 ? "s" : "t"
+            let id = Bool.random(using: &random) ? "\(prefix)-\(Int.random(in: 0..<5_000, using: &random))" : "k\(Int.random(in: 0..<500, using: &random))"
             let inserted = ids.insert(id)
             #expect(inserted == reference.insert(id).inserted)
         }
         #expect(ids.count == reference.count)
+        for id in reference { #expect(ids.contains(id)) }
+        for serial in 5_000..<5_010 { #expect(!ids.contains("t-\(serial)") && !ids.contains("s-\(serial)")) }
     }
 }
