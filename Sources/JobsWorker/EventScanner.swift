@@ -127,7 +127,7 @@ struct EventScanner {
             guard next() == UInt8(ascii: ":") else { throw invalid("expected ':' after a field name") }
             skipWhitespace()
             if let slot {
-                fields.set(slot, try value())
+                fields.set(slot, slot == .type ? try typeValue() : try value())
             } else {
                 _ = try value(describeOnly: true)
             }
@@ -166,6 +166,23 @@ struct EventScanner {
             try number()
             return .other("a number")
         }
+    }
+
+    /// The `type` field's value: one of the event types is the type's own string (made once),
+    /// not a new one for every event; anything else is read as any value is.
+    private mutating func typeValue() throws(Failure) -> Field {
+        if take(quoted: "refresh.requested") { return .string(JobEvent.Kind.refreshRequested.rawValue) }
+        if take(quoted: "employee.w4.changed") { return .string(JobEvent.Kind.w4Changed.rawValue) }
+        return try value()
+    }
+
+    /// Moves past `"literal"` if that is what comes next (a string without escapes).
+    private mutating func take(quoted literal: StaticString) -> Bool {
+        let count = literal.utf8CodeUnitCount
+        guard bytes.count - index >= count + 2, bytes[index] == UInt8(ascii: "\""), bytes[index + count + 1] == UInt8(ascii: "\""),
+              memcmp(literal.utf8Start, bytes.baseAddress! + index + 1, count) == 0 else { return false }
+        index += count + 2
+        return true
     }
 
     /// Skips a whole object or array, validating it, with an explicit stack of open containers.

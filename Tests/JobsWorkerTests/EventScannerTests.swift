@@ -14,6 +14,10 @@ struct EventScannerTests {
         #"{"a":[1,]}"#, #"{"a":[1 2]}"#, #"{"a":{"b"}}"#, #"{"a":"\x"}"#, #"{"a":"\ud800"}"#, #"{"a":"\udc00x"}"#,
         #"{"a":tru}"#, #"{"a":nul}"#, #"{"a":1}x"#, #"{"a":1"#, #"{"a":"b"#, #"{"a":[}"#, #"{"a":{]}"#, "{\"a\":\"\u{1}\"}",
         #""#, #"   "#, #"{"a":1e}"#, #"{"a":-}"#, #"{"a":"\u12"}"#, #"{"type":"x","type":"y"}"#,
+        // The event types, read without making a string (and near misses, which are read as any string is).
+        #"{"type":"refresh.requested"}"#, #"{"type":"employee.w4.changed","x":1}"#, #"{"type":"refresh.requested2"}"#,
+        #"{"type":"refresh.requeste\u0064"}"#, #"{"type":"refresh.requested"#, #"{"type":"employee.w4.changed""#,
+        #"{"type":"refresh.requested"x}"#, #"{"type":"refresh.request"}"#, #"{"type":"employee.w4.changed","type":"x"}"#,
     ]
 
     /// Trailing commas: Foundation accepts them, RFC 8259 (and this scanner) does not.
