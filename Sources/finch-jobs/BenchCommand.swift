@@ -27,6 +27,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "stream: connections the streamed events are spread over. (env FINCH_JOBS_STREAM_CONNECTIONS)")
     var streamConnections: Int = 100
 
+    @Option(help: "stream and stream-process: runs, each against its own kcat baseline; the run of median ratio is shown, with every run's ratio in its note. (env FINCH_JOBS_RUNS)")
+    var runs: Int = 1
+
     @Option(help: "fan-out: distinct connections, one event each. (env FINCH_JOBS_FAN_OUT_CONNECTIONS)")
     var fanOutConnections: Int = 10_000
 
@@ -78,6 +81,7 @@ struct BenchCommand: AsyncParsableCommand {
         guard events >= 1_000 else { throw ValidationError("--events must be at least 1000.") }
         guard streamEvents >= 1, streamConnections >= 1 else { throw ValidationError("--stream-events and --stream-connections must be at least 1.") }
         guard connections >= 1, fanOutConnections >= 1, callConnections >= 1 else { throw ValidationError("--connections, --fan-out-connections and --call-connections must be at least 1.") }
+        guard runs >= 1, runs <= 100 else { throw ValidationError("--runs must be between 1 and 100.") }
         guard maxInFlight >= 1 else { throw ValidationError("--max-in-flight must be at least 1.") }
         guard steadyRate >= 20 else { throw ValidationError("--steady-rate must be at least 20.") }
         guard partitions >= 1 else { throw ValidationError("--partitions must be at least 1.") }
@@ -104,6 +108,7 @@ struct BenchCommand: AsyncParsableCommand {
         options.steadyFinchLatency = steadyLatency.duration
         options.streamEvents = streamEvents
         options.streamConnections = streamConnections
+        options.runs = runs
         options.partitions = partitions
         options.consumeRecords = consumeRecords
         let json = self.json

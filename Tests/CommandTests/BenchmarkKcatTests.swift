@@ -1,11 +1,34 @@
 @testable import Demo
 import Foundation
+import JobsWorker
 import TestSupport
 import Testing
 
 /// The benchmark's baseline runs kcat as a child process: a kcat that is missing, fails or
 /// never ends must fail or stop the run, not hang it or pass as a measurement.
 @Suite struct BenchmarkKcatTests {
+    @Test("Several runs of a scenario give the run of median ratio, every run's ratio and time in its note; one run is itself")
+    func medianRun() async throws {
+        func row(_ ratio: Double, _ seconds: Double) -> Benchmark.Row {
+            Benchmark.Row(
+                scenario: "stream", events: 1, seconds: seconds, eventsPerSecond: 1, resultsPerSecond: 1, finchCalls: 0, latencyP50: nil, latencyP95: nil,
+                latencyP99: nil, latencyMax: nil, peakMemoryMiB: 1, passthroughPerSecond: 1, ratioToPassthrough: ratio, note: "run"
+            )
+        }
+        let runs = [row(1.2, 0.3), row(0.7, 0.5), row(0.9, 0.4), row(1.0, 0.35), row(0.8, 0.45)]
+        let made = Locked(0)
+        let median = try await Benchmark.median(of: runs.count) {
+            made.withLock { $0 += 1 }
+            return runs[made.withLock { $0 } - 1]
+        }
+        #expect(made.withLock { $0 } == 5)
+        #expect(median.ratioToPassthrough == 0.9 && median.seconds == 0.4)
+        #expect(median.note.hasSuffix("among 5, in the order run: 1.20 (0.30 s), 0.70 (0.50 s), 0.90 (0.40 s), 1.00 (0.35 s), 0.80 (0.45 s)"))
+        // An even count takes the upper middle; a single run is returned as it is.
+        #expect(try await Benchmark.median(of: 2) { row(made.withLock { $0 += 1; return Double($0) }, 1) }.ratioToPassthrough == 7)
+        #expect(try await Benchmark.median(of: 1) { row(0.5, 1) }.note == "run")
+    }
+
     @Test("A missing kcat says it is not installed; a failing one fails with its exit status")
     func failures() async throws {
         do {
