@@ -30,8 +30,6 @@ let package = Package(
             pkgConfig: "rdkafka",
             providers: [.apt(["librdkafka-dev"])]
         ),
-        // Set when the process loads, before any thread: the C allocator's arena growth step.
-        .target(name: "CStartup"),
         .target(
             name: "Kafka",
             dependencies: [
@@ -64,7 +62,6 @@ let package = Package(
         .target(
             name: "JobsWorker",
             dependencies: [
-                "CStartup",
                 "Kafka",
                 "FinchAPI",
                 .product(name: "DequeModule", package: "swift-collections"),

@@ -1,4 +1,3 @@
-import CStartup
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,10 +18,6 @@ enum Allocator {
         return unsafeBitCast(symbol, to: Trim.self)
     }()
     #endif
-
-    /// The padding every arena's heap grows by (`M_TOP_PAD`), set when the process loaded
-    /// (CStartup); 0 when the C library did not take it.
-    static var growthStep: Int { Int(finch_jobs_arena_growth_step()) }
 
     /// Gives free memory of every arena back to the system (`malloc_trim(0)`).
     static func returnFreeMemory() {
