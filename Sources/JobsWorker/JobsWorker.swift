@@ -247,11 +247,11 @@ public final class JobsWorker: Service, Sendable {
         return total
     }
 
-    /// Reads the decision log to its end. Returns the reader (which goes on following the log)
-    /// and the records read.
     /// The shortest fetch wait of the decision log reader, in milliseconds.
     static let decisionLogMinimumFetchWaitMs = 10
 
+    /// Reads the decision log to its end. Returns the reader (which goes on following the log)
+    /// and the records read.
     private static func readDecisionLog(client: KafkaClientConfiguration, topic: String, logger: Logger) async throws -> (KafkaLogReader, [KafkaRecord]) {
         let started = ContinuousClock.now
         let reader: KafkaLogReader
