@@ -129,7 +129,7 @@ public final class FinchClient: Sendable {
 
     private func send(_ method: HTTPMethod, path: String, token: FinchAccessToken, body: Data?) async throws(FinchError) -> RawResponse {
         // Refused here, not by the HTTP client: its error would quote the header, token and all.
-        guard token.secret.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+        guard FinchAccessToken.fitsHeader(token.secret) else {
             throw FinchError(code: .unauthorized, message: "the access token has a character an HTTP header cannot carry (a space, a line break or another control character, or non-ASCII); no call was made")
         }
         var request = HTTPClientRequest(url: baseURL + path)

@@ -39,4 +39,11 @@ public struct FinchAccessToken: Sendable, Hashable, CustomStringConvertible, Cus
 
     public var description: String { "<redacted>" }
     public var debugDescription: String { "<redacted>" }
+
+    /// Whether `secret` can travel in an HTTP header: visible ASCII only. Anything else (often
+    /// a trailing newline a template kept) can never authenticate, and HTTP clients refuse
+    /// such a header with an error that quotes it.
+    public static func fitsHeader(_ secret: String) -> Bool {
+        secret.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F }
+    }
 }

@@ -1,3 +1,4 @@
+import FinchAPI
 import Foundation
 
 /// The tokens file: a JSON object `{"<connection_id>": "<access_token>"}`.
@@ -24,10 +25,7 @@ public enum TokensFile {
             guard let token = value as? String, !token.isEmpty, !connection.isEmpty else {
                 throw LoadError(description: "the tokens file \(path) has an entry for \"\(connection)\" that is not a non-empty string")
             }
-            // An HTTP header carries visible ASCII only. A token with anything else (often a
-            // trailing newline a template kept) can never authenticate, and HTTP clients
-            // refuse such a header with an error that quotes it.
-            guard token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            guard FinchAccessToken.fitsHeader(token) else {
                 throw LoadError(description: "the tokens file \(path) has a token for \"\(connection)\" with a character an HTTP header cannot carry (a space, a line break or another control character, or non-ASCII)")
             }
             tokens[connection] = token
