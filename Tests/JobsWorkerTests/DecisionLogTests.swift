@@ -16,6 +16,17 @@ struct DecisionLogTests {
     let refreshKey = JobKey(connectionID: "c-1", individualID: nil)
     let w4Key = JobKey(connectionID: "c/1%", individualID: "i-9")
 
+    @Test("The decision log reader waits at least 10 ms per fetch; a longer wait, no wait set, or any other setting is kept; it reads no statistics")
+    func readerClient() {
+        func reader(_ properties: [String: String]) -> KafkaClientConfiguration {
+            JobsWorker.decisionLogClient(KafkaClientConfiguration(bootstrapServers: "127.0.0.1:1", clientID: "t", properties: properties, statisticsInterval: .seconds(30)))
+        }
+        #expect(reader(["fetch.wait.max.ms": "2", "security.protocol": "ssl"]).properties == ["fetch.wait.max.ms": "10", "security.protocol": "ssl"])
+        #expect(reader(["fetch.wait.max.ms": "500"]).properties == ["fetch.wait.max.ms": "500"])
+        #expect(reader([:]).properties == [:])
+        #expect(reader(["fetch.wait.max.ms": "2"]).statisticsInterval == nil)
+    }
+
     func machine(replica: String = "me", reuse: Duration = .seconds(60)) -> WorkerStateMachine {
         var m = WorkerStateMachine(configuration: .init(maxBufferedEvents: 1_000, reuseWindow: reuse, dedupCapacity: 1_000, decisionLog: .init(replicaID: replica)))
         _ = m.assigned([p0])
