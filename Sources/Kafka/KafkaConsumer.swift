@@ -314,7 +314,7 @@ final class PendingRecords: @unchecked Sendable {
 
 /// The wait for a commit running on a Dispatch thread: resumed once, by the commit's outcome
 /// or by a cancellation, whichever comes first.
-private final class CommitWait: Sendable {
+final class CommitWait: Sendable {
     private enum State {
         case idle
         case waiting(CheckedContinuation<Result<Void, KafkaError>, Never>)

@@ -188,6 +188,30 @@ struct KafkaConsumerFailurePathTests {
         await consumer.close()
     }
 
+    /// The path the test above may not reach (its cancellation can come before the commit
+    /// starts): a cancellation while the commit runs resumes the wait, and the commit's late
+    /// outcome is dropped (a second resume would trap).
+    @Test("A commit's wait resumes once: by a cancellation while the commit runs, its late outcome ignored; a wait cancelled before it starts never starts")
+    func commitWaitResumesOnce() async {
+        let wait = CommitWait()
+        let result = await withCheckedContinuation { continuation in
+            #expect(wait.start(continuation))
+            wait.finish(.failure(CommitWait.given))  // cancelled while the commit runs
+            wait.finish(.success(()))  // the commit's answer, later
+        }
+        guard case .failure(let error) = result else { Issue.record("the late success resumed the wait"); return }
+        #expect(error.message == CommitWait.given.message)
+
+        let cancelledFirst = CommitWait()
+        cancelledFirst.finish(.failure(CommitWait.given))
+        var startedAfterCancel = true
+        _ = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, KafkaError>, Never>) in
+            startedAfterCancel = cancelledFirst.start(continuation)
+            continuation.resume(returning: .success(()))
+        }
+        #expect(!startedAfterCancel, "a wait cancelled before it started must not start (nothing would resume it)")
+    }
+
     @Test("Stores racing a close never reach a destroyed handle", arguments: 1...3)
     func storesRacingClose(round: Int) async throws {
         let cluster = try KafkaMockCluster()
