@@ -17,6 +17,8 @@ final class ConsumerDriver: Sendable {
     struct Seen: Sendable {
         var records: [KafkaRecord] = []
         var assigned: Set<TopicPartition> = []
+        /// Assignment callbacks, empty ones included.
+        var assignments = 0
         var revocations: [[TopicPartition]] = []
         var errors: [KafkaError] = []
     }
@@ -35,7 +37,10 @@ final class ConsumerDriver: Sendable {
                 case .records(let records):
                     seen.withLock { $0.records += records }
                 case .assigned(let partitions):
-                    seen.withLock { $0.assigned.formUnion(partitions) }
+                    seen.withLock {
+                        $0.assigned.formUnion(partitions)
+                        $0.assignments += 1
+                    }
                 case .revoked(let partitions, let acknowledgement), .lost(let partitions, let acknowledgement):
                     onRevoke(partitions, seen.withLock { $0 })
                     seen.withLock {
