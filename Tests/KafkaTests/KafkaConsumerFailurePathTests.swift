@@ -260,13 +260,15 @@ struct KafkaConsumerFailurePathTests {
         let topic = uniqueName("arriving")
         try cluster.createTopic(topic, partitions: 1)
         let group = uniqueName("arriving")
-        let owner = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        // A shorter session than the tests' 10 s: the coordinator's waits below follow it.
+        let session = ["session.timeout.ms": "6000"]
+        let owner = ConsumerDriver(try cluster.consumer(group: group, topics: [topic], properties: session))
         try await waitUntil("the first member owns the partition", timeout: .seconds(30)) { owner.snapshot.assigned.count == 1 }
-        let idle = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        let idle = ConsumerDriver(try cluster.consumer(group: group, topics: [topic], properties: session))
         try await waitUntil("the second member has its first, empty, assignment", timeout: .seconds(30)) { idle.snapshot.assignments > 0 }
         #expect(idle.snapshot.assigned.isEmpty, "one partition, two members: the second has none")
         // The owner leaves: the coordinator rebalances and holds every JoinGroup for most of
-        // the session timeout (9 s) before it answers; the idle member rejoins at its next
+        // the session timeout (5 s) before it answers; the idle member rejoins at its next
         // heartbeat (every 500 ms). Closed two seconds in, it closes while the JoinGroup that
         // would bring it the partition is in flight, so the assignment may arrive during the
         // close (in 2.0.2 a close that serves an incremental assignment hangs, upstream 4527).
@@ -282,7 +284,7 @@ struct KafkaConsumerFailurePathTests {
         // A new member gets the partition. Not at once: librdkafka 2.0.2 sends no LeaveGroup
         // for a member closed while its JoinGroup is in flight ("consumer is terminating,
         // skipping rejoin"), so the coordinator counts it until its session times out.
-        let next = ConsumerDriver(try cluster.consumer(group: group, topics: [topic]))
+        let next = ConsumerDriver(try cluster.consumer(group: group, topics: [topic], properties: session))
         try await waitUntil("a new member owns the partition", timeout: .seconds(60)) { next.snapshot.assigned.count == 1 }
         await next.close()
     }
