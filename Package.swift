@@ -102,7 +102,11 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
-            ]
+            ],
+            // jemalloc (Debian's libjemalloc-dev) as the process's allocator instead of glibc's:
+            // records are allocated on the poll thread and freed on others, which glibc's
+            // per-thread arenas handle badly (see the README's benchmark section).
+            linkerSettings: [.linkedLibrary("jemalloc", .when(platforms: [.linux]))]
         ),
         // Helpers shared by the test targets: waiting for conditions, locks, unique names.
         .target(

@@ -2,27 +2,50 @@
 import Glibc
 #endif
 
-/// The C allocator's housekeeping. glibc keeps memory freed by the worker's threads in
-/// per-thread arenas instead of giving it back to the system, so a burst (a prefetched
-/// backlog, thousands of HTTP calls) leaves the process's resident size at its peak for
-/// good. Measured from outside: a worker that learned 25,000 W-4 keys from 40,000 events
-/// stayed 112 MiB above its start, 4,700 bytes per key, while its live data was 140 bytes a
-/// key.
-enum Allocator {
+/// The C allocator's housekeeping: memory freed after a burst (a prefetched backlog,
+/// thousands of HTTP calls) should go back to the system instead of keeping the process's
+/// resident size at its peak.
+///
+/// `finch-jobs` links jemalloc on Linux, which returns freed pages on its own over about ten
+/// seconds (its decay) while the process keeps allocating; purging its arenas also returns
+/// them when the process goes quiet after a burst. Under glibc's allocator (a build without
+/// jemalloc, or these tests' own process), per-thread arenas keep freed memory for good:
+/// measured from outside, a worker that learned 25,000 W-4 keys from 40,000 events stayed
+/// 112 MiB above its start, 4,700 bytes per key, while its live data was 140 bytes a key;
+/// `malloc_trim(0)` gives it back.
+public enum Allocator {
     #if canImport(Glibc)
+    private typealias MallCtl = @convention(c) (UnsafePointer<CChar>?, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int>?, UnsafeMutableRawPointer?, Int) -> Int32
     private typealias Trim = @convention(c) (Int) -> Int32
-    /// glibc's `malloc_trim`, looked up at run time (its header is not part of Swift's Glibc
-    /// module); `nil` with another C library.
-    private static let trim: Trim? = {
-        guard let symbol = dlsym(nil, "malloc_trim") else { return nil }
-        return unsafeBitCast(symbol, to: Trim.self)
+
+    /// How free memory is returned, found at run time (neither header is part of Swift's
+    /// Glibc module): jemalloc's `mallctl` when jemalloc is the allocator, else glibc's
+    /// `malloc_trim`; `nil` with another C library.
+    private static let release: (@Sendable () -> Void)? = {
+        if let symbol = dlsym(nil, "mallctl") {
+            let mallctl = unsafeBitCast(symbol, to: MallCtl.self)
+            // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena's unused dirty pages, now.
+            return { _ = mallctl("arena.4096.purge", nil, nil, nil, 0) }
+        }
+        if let symbol = dlsym(nil, "malloc_trim") {
+            let trim = unsafeBitCast(symbol, to: Trim.self)
+            return { _ = trim(0) }
+        }
+        return nil
     }()
+
+    /// Which allocator ``returnFreeMemory()`` works with: "jemalloc", "glibc" or "none".
+    public static var kind: String {
+        dlsym(nil, "mallctl") != nil ? "jemalloc" : dlsym(nil, "malloc_trim") != nil ? "glibc" : "none"
+    }
+    #else
+    public static var kind: String { "none" }
     #endif
 
-    /// Gives free memory of every arena back to the system (`malloc_trim(0)`).
-    static func returnFreeMemory() {
+    /// Gives free memory of every arena back to the system.
+    public static func returnFreeMemory() {
         #if canImport(Glibc)
-        _ = trim?(0)
+        release?()
         #endif
     }
 }

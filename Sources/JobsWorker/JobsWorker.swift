@@ -151,6 +151,7 @@ public final class JobsWorker: Service, Sendable {
         logger.info("worker starting", metadata: [
             "group": "\(configuration.groupID)", "input_topics": "\(configuration.inputTopics)",
             "connections_with_tokens": "\(tokens.count)", "finch_base_url": "\(configuration.finchBaseURL)",
+            "allocator": "\(Allocator.kind)",
         ])
 
         var fatal: KafkaError?

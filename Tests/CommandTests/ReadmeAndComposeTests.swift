@@ -82,6 +82,7 @@ struct ReadmeAndComposeTests {
         let build = try #require((services["sandbox"] as? [String: Any])?["build"] as? [String: Any])
         let dockerfile = try #require(build["dockerfile_inline"] as? String)
         #expect(dockerfile.contains("librdkafka-dev") && dockerfile.contains("librdkafka1") && dockerfile.contains("USER finch"))
+        #expect(dockerfile.contains("libjemalloc-dev") && dockerfile.contains("libjemalloc2"), "the allocator finch-jobs links, to build and to run")
         #expect(dockerfile.contains("swift build -c release"))
     }
 
