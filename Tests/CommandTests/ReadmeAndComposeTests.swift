@@ -86,6 +86,19 @@ struct ReadmeAndComposeTests {
         #expect(dockerfile.contains("swift build -c release"))
     }
 
+    @Test("The finch-jobs binary allocates with jemalloc, as the README says and compose.yaml installs")
+    func jemalloc() async throws {
+        // jemalloc prints its statistics at exit when asked to through MALLOC_CONF; glibc's
+        // allocator ignores the variable.
+        let process = try ChildProcess(try finchJobsBinary(), ["--help"], environment: ["MALLOC_CONF": "stats_print:true"])
+        #expect(try await process.waitForExit() == 0)
+        // Its stderr is read as it arrives: wait for the statistics rather than read it once.
+        try await waitUntil("jemalloc's statistics on stderr (without them the binary does not use jemalloc)", timeout: .seconds(10)) {
+            process.stderrText.contains("End jemalloc statistics")
+        }
+        #expect(readme.contains("libjemalloc-dev"))
+    }
+
     @Test("Options come from FINCH_JOBS_ variables too, and a bad value stops startup with one sentence naming it")
     func environmentAndValidation() async throws {
         let binary = try finchJobsBinary()
