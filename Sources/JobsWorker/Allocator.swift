@@ -18,26 +18,24 @@ public enum Allocator {
     private typealias MallCtl = @convention(c) (UnsafePointer<CChar>?, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int>?, UnsafeMutableRawPointer?, Int) -> Int32
     private typealias Trim = @convention(c) (Int) -> Int32
 
-    /// How free memory is returned, found at run time (neither header is part of Swift's
-    /// Glibc module): jemalloc's `mallctl` when jemalloc is the allocator, else glibc's
-    /// `malloc_trim`; `nil` with another C library.
-    private static let release: (@Sendable () -> Void)? = {
+    /// The allocator in use and how its free memory is returned, found once at run time
+    /// (neither header is part of Swift's Glibc module): jemalloc's `mallctl` when jemalloc
+    /// is the allocator, else glibc's `malloc_trim`; no way with another C library.
+    private static let backend: (kind: String, release: (@Sendable () -> Void)?) = {
         if let symbol = dlsym(nil, "mallctl") {
             let mallctl = unsafeBitCast(symbol, to: MallCtl.self)
             // "arena.<MALLCTL_ARENAS_ALL>.purge": every arena's unused dirty pages, now.
-            return { _ = mallctl("arena.4096.purge", nil, nil, nil, 0) }
+            return ("jemalloc", { _ = mallctl("arena.4096.purge", nil, nil, nil, 0) })
         }
         if let symbol = dlsym(nil, "malloc_trim") {
             let trim = unsafeBitCast(symbol, to: Trim.self)
-            return { _ = trim(0) }
+            return ("glibc", { _ = trim(0) })
         }
-        return nil
+        return ("none", nil)
     }()
 
     /// Which allocator ``returnFreeMemory()`` works with: "jemalloc", "glibc" or "none".
-    public static var kind: String {
-        dlsym(nil, "mallctl") != nil ? "jemalloc" : dlsym(nil, "malloc_trim") != nil ? "glibc" : "none"
-    }
+    public static var kind: String { backend.kind }
     #else
     public static var kind: String { "none" }
     #endif
@@ -45,7 +43,7 @@ public enum Allocator {
     /// Gives free memory of every arena back to the system.
     public static func returnFreeMemory() {
         #if canImport(Glibc)
-        release?()
+        backend.release?()
         #endif
     }
 }
