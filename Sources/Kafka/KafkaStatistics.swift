@@ -5,9 +5,13 @@ public struct KafkaStatistics: Sendable {
     /// Messages between the consumer's position and the partition's high watermark, per
     /// assigned partition (librdkafka's `consumer_lag`; partitions it cannot compute are left out).
     public let consumerLag: [TopicPartition: Int64]
+    /// The consumer group's join state (librdkafka's `cgrp.join_state`: `init`, `wait-join`,
+    /// `wait-sync`, `steady`, …); `nil` for a client outside a group.
+    public let groupJoinState: String?
 
-    public init(consumerLag: [TopicPartition: Int64]) {
+    public init(consumerLag: [TopicPartition: Int64], groupJoinState: String? = nil) {
         self.consumerLag = consumerLag
+        self.groupJoinState = groupJoinState
     }
 
     /// Parses librdkafka's statistics JSON; `nil` when it is not the expected shape.
@@ -26,5 +30,6 @@ public struct KafkaStatistics: Sendable {
             }
         }
         self.consumerLag = lag
+        self.groupJoinState = (root["cgrp"] as? [String: Any])?["join_state"] as? String
     }
 }

@@ -264,16 +264,22 @@ struct KafkaConsumerFailurePathTests {
         let session = ["session.timeout.ms": "6000"]
         let owner = ConsumerDriver(try cluster.consumer(group: group, topics: [topic], properties: session))
         try await waitUntil("the first member owns the partition", timeout: .seconds(30)) { owner.snapshot.assigned.count == 1 }
-        let idle = ConsumerDriver(try cluster.consumer(group: group, topics: [topic], properties: session))
+        // The idle member's join state, from librdkafka's statistics every 50 ms.
+        let joinState = Locked<String?>(nil)
+        let idle = ConsumerDriver(try cluster.consumer(
+            group: group, topics: [topic], properties: session,
+            statisticsInterval: .milliseconds(50), onStatistics: { joinState.withLock { [state = $0.groupJoinState] in $0 = state } }
+        ))
         try await waitUntil("the second member has its first, empty, assignment", timeout: .seconds(30)) { idle.snapshot.assignments > 0 }
         #expect(idle.snapshot.assigned.isEmpty, "one partition, two members: the second has none")
+        try await waitUntil("the idle member settles", timeout: .seconds(10)) { joinState.withLock { $0 } == "steady" }
         // The owner leaves: the coordinator rebalances and holds every JoinGroup for most of
         // the session timeout (5 s) before it answers; the idle member rejoins at its next
-        // heartbeat (every 500 ms). Closed two seconds in, it closes while the JoinGroup that
-        // would bring it the partition is in flight, so the assignment may arrive during the
-        // close (in 2.0.2 a close that serves an incremental assignment hangs, upstream 4527).
+        // heartbeat (every 500 ms). Closed once its JoinGroup is in flight, it closes before
+        // the answer that would bring it the partition, which may then arrive during the close
+        // (in 2.0.2 a close that serves an incremental assignment hangs, upstream 4527).
         await owner.close()
-        try await Task.sleep(for: .seconds(2))  // the coordinator's own timing: mid-rebalance on purpose
+        try await waitUntil("the idle member waits for its JoinGroup", timeout: .seconds(10)) { joinState.withLock { $0 } == "wait-join" }
         #expect(idle.snapshot.assigned.isEmpty)
         let closed = Atomic(false)
         Task {

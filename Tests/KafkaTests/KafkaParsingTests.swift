@@ -5,16 +5,19 @@ import Testing
 
 @Suite("Parsing librdkafka's statistics and log lines")
 struct KafkaParsingTests {
-    @Test("Consumer lag is read per assigned partition; the internal partition -1 is skipped")
+    @Test("Consumer lag is read per assigned partition; the internal partition -1 is skipped; the group's join state is read")
     func statistics() throws {
         let json = """
         {"name":"c#consumer-1","topics":{"finch.refresh-requested":{"partitions":{
           "0":{"partition":0,"consumer_lag":12},
           "1":{"partition":1,"consumer_lag":-1},
-          "-1":{"partition":-1,"consumer_lag":-1}}}}}
+          "-1":{"partition":-1,"consumer_lag":-1}}}},
+         "cgrp":{"state":"up","join_state":"wait-join","assignment_size":0}}
         """
         let statistics = try #require(KafkaStatistics(json: Data(json.utf8)))
         #expect(statistics.consumerLag == [TopicPartition(topic: "finch.refresh-requested", partition: 0): 12])
+        #expect(statistics.groupJoinState == "wait-join")
+        #expect(try #require(KafkaStatistics(json: Data(#"{"name":"p#producer-1"}"#.utf8))).groupJoinState == nil)
         #expect(KafkaStatistics(json: Data("not json".utf8)) == nil)
     }
 

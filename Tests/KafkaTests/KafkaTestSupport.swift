@@ -76,20 +76,25 @@ extension KafkaMockCluster {
     }
 
     /// A group member tuned for the mock cluster (see `KafkaMockCluster.consumerProperties`).
-    func consumer(group: String, topics: [String], properties: [String: String] = [:], maxBatchSize: Int = 1_000) throws -> KafkaConsumer {
+    func consumer(
+        group: String, topics: [String], properties: [String: String] = [:], maxBatchSize: Int = 1_000,
+        statisticsInterval: Duration? = nil, onStatistics: @escaping @Sendable (KafkaStatistics) -> Void = { _ in }
+    ) throws -> KafkaConsumer {
         let properties = KafkaMockCluster.consumerProperties.merging(properties) { _, new in new }
         return try KafkaConsumer(
             configuration: KafkaConsumerConfiguration(
                 client: KafkaClientConfiguration(
                     bootstrapServers: bootstrapServers,
-                    properties: properties.merging(testLogger.logLevel == .debug ? ["debug": "cgrp"] : [:]) { a, _ in a }
+                    properties: properties.merging(testLogger.logLevel == .debug ? ["debug": "cgrp"] : [:]) { a, _ in a },
+                    statisticsInterval: statisticsInterval
                 ),
                 groupID: group,
                 topics: topics,
                 maxBatchSize: maxBatchSize,
                 autoCommitInterval: .milliseconds(200)
             ),
-            logger: testLogger
+            logger: testLogger,
+            onStatistics: onStatistics
         )
     }
 }
