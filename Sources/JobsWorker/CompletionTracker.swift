@@ -17,13 +17,20 @@ struct CompletionTracker: Sendable {
         var memory: Duration = .seconds(86_400)
     }
 
+    /// A job awaited, in 40 bytes (its id is the table's key; both ids are ``CompactID``s).
     struct Awaited: Sendable, Hashable {
-        let connectionID: String
-        let key: JobKey?
+        let connection: CompactID
         var pollAt: Date
-        var polls: Int = 0
+        var polls: Int32 = 0
         /// A fetch of the job is running (a poll, or a webhook's).
         var fetching = false
+    }
+
+    /// A reported job: remembered until `until`; `own` when this process reported it (it
+    /// clears the job's record from the log when the memory ends).
+    private struct Reported: Sendable {
+        var until: Date
+        var own: Bool
     }
 
     /// A fetch of a job to perform: `GET /jobs/automated/{job_id}` with the connection's token.
@@ -43,46 +50,51 @@ struct CompletionTracker: Sendable {
     }
 
     let configuration: Configuration
-    private(set) var awaited: [String: Awaited] = [:]
-    private var reported: [String: Date] = [:]
-    /// Reported jobs this process reported: it clears them from the log when they expire.
-    private var ownReported: Set<String> = []
+    /// Jobs awaited, by job id. Ids are kept as ``CompactID``s: every created job is here
+    /// until it completes, then in ``reported`` for a day.
+    private(set) var awaited: [CompactID: Awaited] = [:]
+    private var reported: [CompactID: Reported] = [:]
     private var seenEvents: [String: Date] = [:]
 
     init(configuration: Configuration) {
         self.configuration = configuration
     }
 
-    func isReported(_ jobID: String) -> Bool { reported[jobID] != nil }
+    func isReported(_ jobID: String) -> Bool { reported[CompactID(jobID)] != nil }
 
-    /// A job was created or reused for `key`: await its completion. Returns whether it is new.
-    mutating func track(jobID: String, connectionID: String, key: JobKey?, now: Date) -> Bool {
-        guard awaited[jobID] == nil, reported[jobID] == nil else { return false }
-        awaited[jobID] = Awaited(connectionID: connectionID, key: key, pollAt: now.addingTimeInterval(configuration.completionTimeout.timeInterval))
+    /// When an awaited job is to be polled (`nil` when it is not awaited).
+    func pollAt(of jobID: String) -> Date? { awaited[CompactID(jobID)]?.pollAt }
+
+    /// A job was created or reused: await its completion. Returns whether it is new.
+    mutating func track(jobID: String, connectionID: String, now: Date) -> Bool {
+        let id = CompactID(jobID)
+        guard awaited[id] == nil, reported[id] == nil else { return false }
+        awaited[id] = Awaited(connection: CompactID(connectionID), pollAt: now.addingTimeInterval(configuration.completionTimeout.timeInterval))
         return true
     }
 
     /// Restores an awaited job from the log (its poll time as written).
-    mutating func restoreAwaited(jobID: String, connectionID: String, key: JobKey?, pollAt: Date) {
-        guard reported[jobID] == nil else { return }
-        if var existing = awaited[jobID] {
-            existing.pollAt = min(existing.pollAt, pollAt)
-            awaited[jobID] = existing
+    mutating func restoreAwaited(jobID: String, connectionID: String, pollAt: Date) {
+        let id = CompactID(jobID)
+        guard reported[id] == nil else { return }
+        if awaited[id] != nil {
+            awaited[id]!.pollAt = min(awaited[id]!.pollAt, pollAt)
         } else {
-            awaited[jobID] = Awaited(connectionID: connectionID, key: key, pollAt: pollAt)
+            awaited[id] = Awaited(connection: CompactID(connectionID), pollAt: pollAt)
         }
     }
 
-    /// Restores a reported job from the log: it is not awaited any more.
+    /// Restores a reported job from the log: it is not awaited any more, and another
+    /// process reported it.
     mutating func restoreReported(jobID: String, until: Date) {
-        awaited[jobID] = nil
-        ownReported.remove(jobID)
-        reported[jobID] = max(reported[jobID] ?? .distantPast, until)
+        let id = CompactID(jobID)
+        awaited[id] = nil
+        reported[id] = Reported(until: max(reported[id]?.until ?? .distantPast, until), own: false)
     }
 
     /// Forgets a job (a tombstone in the log).
     mutating func restoreCleared(jobID: String) {
-        awaited[jobID] = nil
+        awaited[CompactID(jobID)] = nil
     }
 
     /// A completion webhook for `jobID`. Returns the fetch to make, or `nil` when the event or
@@ -90,19 +102,22 @@ struct CompletionTracker: Sendable {
     mutating func webhook(eventID: String, jobID: String, connectionID: String, now: Date) -> Fetch? {
         guard seenEvents[eventID] == nil else { return nil }
         seenEvents[eventID] = now.addingTimeInterval(configuration.memory.timeInterval)
-        guard reported[jobID] == nil else { return nil }
-        var job = awaited[jobID] ?? Awaited(connectionID: connectionID, key: nil, pollAt: now)
+        let id = CompactID(jobID)
+        guard reported[id] == nil else { return nil }
+        var job = awaited[id] ?? Awaited(connection: CompactID(connectionID), pollAt: now)
         job.fetching = true
-        awaited[jobID] = job
-        return Fetch(jobID: jobID, connectionID: job.connectionID, detectedBy: .webhook, finchEventID: eventID)
+        awaited[id] = job
+        return Fetch(jobID: jobID, connectionID: job.connection.description, detectedBy: .webhook, finchEventID: eventID)
     }
 
     /// Awaited jobs whose poll is due and that `owns` (the replica that polls them), as fetches.
     mutating func duePolls(now: Date, owns: (String) -> Bool) -> [Fetch] {
         var fetches: [Fetch] = []
-        for (jobID, job) in awaited where !job.fetching && job.pollAt <= now && owns(job.connectionID) {
-            awaited[jobID]?.fetching = true
-            fetches.append(Fetch(jobID: jobID, connectionID: job.connectionID, detectedBy: .polling, finchEventID: nil))
+        for (id, job) in awaited where !job.fetching && job.pollAt <= now {
+            let connection = job.connection.description
+            guard owns(connection) else { continue }
+            awaited[id]?.fetching = true
+            fetches.append(Fetch(jobID: id.description, connectionID: connection, detectedBy: .polling, finchEventID: nil))
         }
         return fetches
     }
@@ -112,22 +127,22 @@ struct CompletionTracker: Sendable {
     mutating func fetched(_ fetch: Fetch, _ outcome: Fetched, now: Date) -> JobCompletion? {
         switch outcome {
         case .terminal(let job):
-            guard reported[fetch.jobID] == nil else { return nil }  // a crossing fetch reported it
-            let connection = awaited[fetch.jobID]?.connectionID ?? fetch.connectionID
-            awaited[fetch.jobID] = nil
-            reported[fetch.jobID] = now.addingTimeInterval(configuration.memory.timeInterval)
-            ownReported.insert(fetch.jobID)
+            let id = CompactID(fetch.jobID)
+            guard reported[id] == nil else { return nil }  // a crossing fetch reported it
+            let connection = awaited.removeValue(forKey: id)?.connection.description ?? fetch.connectionID
+            reported[id] = Reported(until: now.addingTimeInterval(configuration.memory.timeInterval), own: true)
             return JobCompletion(job: job, connectionID: connection, detectedBy: fetch.detectedBy, finchEventID: fetch.finchEventID, at: now)
         case .notFinished, .failed(final: false):
-            guard var job = awaited[fetch.jobID] else { return nil }
+            let id = CompactID(fetch.jobID)
+            guard var job = awaited[id] else { return nil }
             job.fetching = false
             job.polls += 1
-            let wait = min(configuration.pollInterval * (1 << min(job.polls - 1, 16)), configuration.maxPollInterval)
+            let wait = min(configuration.pollInterval * (1 << min(Int(job.polls) - 1, 16)), configuration.maxPollInterval)
             job.pollAt = now.addingTimeInterval(wait.timeInterval)
-            awaited[fetch.jobID] = job
+            awaited[id] = job
             return nil
         case .failed(final: true):
-            awaited[fetch.jobID] = nil
+            awaited[CompactID(fetch.jobID)] = nil
             return nil
         }
     }
@@ -137,8 +152,8 @@ struct CompletionTracker: Sendable {
     mutating func expire(now: Date) -> [String] {
         var cleared: [String] = []
         if !reported.isEmpty {
-            for (jobID, until) in reported where until <= now && ownReported.remove(jobID) != nil { cleared.append(jobID) }
-            reported = reported.filter { $0.value > now }
+            for (id, job) in reported where job.until <= now && job.own { cleared.append(id.description) }
+            reported = reported.filter { $0.value.until > now }
         }
         if !seenEvents.isEmpty { seenEvents = seenEvents.filter { $0.value > now } }
         return cleared

@@ -121,18 +121,34 @@ struct WorkerStateMachine: Sendable {
     }
 
     /// The decisions this process wrote that are still live: it writes their tombstones.
+    /// Kept for every key this process decided, for as long as the reuse window: the key as
+    /// a fingerprint in the table (24 bytes a key) and compact in the expiry heap (56 bytes),
+    /// not as two heap strings in each.
     private struct OwnDecisions: Sendable {
         struct Expiry: Comparable, Sendable {
             let untilMilliseconds: Int64
-            let key: JobKey
+            let key: CompactJobKey
             static func < (lhs: Self, rhs: Self) -> Bool { lhs.untilMilliseconds < rhs.untilMilliseconds }
         }
-        var until: [JobKey: Int64] = [:]
-        var expiries = Heap<Expiry>()
+        /// Each key's newest decision's expiry; an expiry in the heap that differs was superseded.
+        private var until: [KeyFingerprint: Int64] = [:]
+        private var expiries = Heap<Expiry>()
+
+        var count: Int { until.count }
 
         mutating func insert(_ key: JobKey, until date: Date) {
-            until[key] = date.milliseconds
-            expiries.insert(Expiry(untilMilliseconds: date.milliseconds, key: key))
+            until[KeyFingerprint(key)] = date.milliseconds
+            expiries.insert(Expiry(untilMilliseconds: date.milliseconds, key: CompactJobKey(key)))
+            // Superseded expiries are dropped when they come due; rebuild if they pile up.
+            if expiries.count > 2 * until.count + 1_024 {
+                expiries = Heap(expiries.unordered.filter { until[KeyFingerprint($0.key.key)] == $0.untilMilliseconds })
+            }
+        }
+
+        /// The key's decision is not this process's to clear any more.
+        mutating func remove(_ key: JobKey) {
+            guard !until.isEmpty else { return }
+            until[KeyFingerprint(key)] = nil
         }
 
         /// The keys whose decision expired by `now`, with that expiry.
@@ -141,10 +157,16 @@ struct WorkerStateMachine: Sendable {
             let now = now.milliseconds
             while let first = expiries.min, first.untilMilliseconds <= now {
                 _ = expiries.removeMin()
-                if until[first.key] == first.untilMilliseconds {
-                    until[first.key] = nil
-                    expired.append((first.key, Date(milliseconds: first.untilMilliseconds)))
+                let key = first.key.key
+                let fingerprint = KeyFingerprint(key)
+                if until[fingerprint] == first.untilMilliseconds {
+                    until[fingerprint] = nil
+                    expired.append((key, Date(milliseconds: first.untilMilliseconds)))
                 }
+            }
+            // Give memory back after a burst, as the deduplicator does.
+            if until.capacity > 1_024, until.count < until.capacity / 4 {
+                until = Dictionary(uniqueKeysWithValues: until.map { ($0.key, $0.value) })
             }
             return expired
         }
@@ -367,7 +389,7 @@ struct WorkerStateMachine: Sendable {
             let until = now.addingTimeInterval(configuration.reuseWindow.timeInterval)
             own.insert(key, until: until)
             state = .job(job, until: until)
-            if completions?.track(jobID: job.jobID, connectionID: key.connectionID, key: key, now: now) == true, let pollAt = completions?.awaited[job.jobID]?.pollAt {
+            if completions?.track(jobID: job.jobID, connectionID: key.connectionID, now: now) == true, let pollAt = completions?.pollAt(of: job.jobID) {
                 let record = CompletionRecord(jobID: job.jobID, connectionID: key.connectionID, key: key, state: .awaiting(pollAt: pollAt), replica: log.replicaID)
                 awaiting = [.recordDecision(.completion(record), hold: nil)]
             }
@@ -425,7 +447,7 @@ struct WorkerStateMachine: Sendable {
                         let again = CompletionRecord(jobID: record.jobID, connectionID: record.connectionID, key: nil, state: .reported(until: now.addingTimeInterval(settings.tracker.memory.timeInterval)), replica: log.replicaID)
                         actions.append(.recordDecision(.completion(again), hold: nil))
                     } else if let connection = record.connectionID {
-                        completions?.restoreAwaited(jobID: record.jobID, connectionID: connection, key: record.key, pollAt: pollAt)
+                        completions?.restoreAwaited(jobID: record.jobID, connectionID: connection, pollAt: pollAt)
                     }
                 case .reported(let until):
                     if until > now {
@@ -445,20 +467,20 @@ struct WorkerStateMachine: Sendable {
             let key = decision.key
             switch decision.state {
             case .inFlight(let until):
-                own.until[key] = nil
+                own.remove(key)
                 if until > now {
                     dedup.restoreCallElsewhere(key, until: until, now: now)
                 } else if startup {
                     actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), hold: nil))
                 }
             case .job(let job, let until):
-                own.until[key] = nil
+                own.remove(key)
                 actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: .reused(job), until: until, now: now), answer: .reused(job), now: now)
                 if until <= now, startup {
                     actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), hold: nil))
                 }
             case .rateLimited(let retryAt, let lastJob):
-                own.until[key] = nil
+                own.remove(key)
                 let answer = JobAnswer.rateLimited(retryAt: retryAt, lastJob: lastJob)
                 actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: answer, until: retryAt, now: now), answer: answer, now: now)
                 if retryAt <= now, startup {
@@ -509,7 +531,7 @@ struct WorkerStateMachine: Sendable {
     /// replica that starts later to wait on, and then call.
     mutating func attemptStarting(_ key: JobKey, attemptsMade: Int = 0, now: Date) -> [Action]? {
         guard let (answer, decidedBy, until, waiters) = dedup.answeredMeanwhile(key, now: now) else {
-            own.until[key] = nil
+            own.remove(key)
             return nil
         }
         let current = waiters.filter { tracker.isCurrent($0.position) }

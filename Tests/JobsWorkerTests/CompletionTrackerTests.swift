@@ -7,7 +7,6 @@ import Testing
 @Suite("CompletionTracker")
 struct CompletionTrackerTests {
     let t0 = Date(timeIntervalSince1970: 1_800_000_000)
-    let key = JobKey(connectionID: "c-1", individualID: nil)
 
     func tracker() -> CompletionTracker {
         CompletionTracker(configuration: .init(completionTimeout: .seconds(900), pollInterval: .seconds(30), maxPollInterval: .seconds(600)))
@@ -20,8 +19,8 @@ struct CompletionTrackerTests {
     @Test("A tracked job is polled only after the completion timeout, and only by its owner")
     func pollsAfterTimeout() {
         var t = tracker()
-        let first = t.track(jobID: "j", connectionID: "c-1", key: key, now: t0)
-        let again = t.track(jobID: "j", connectionID: "c-1", key: key, now: t0)
+        let first = t.track(jobID: "j", connectionID: "c-1", now: t0)
+        let again = t.track(jobID: "j", connectionID: "c-1", now: t0)
         #expect(first && !again, "tracked once")
         let early = t.duePolls(now: t0.addingTimeInterval(899)) { _ in true }
         let others = t.duePolls(now: t0.addingTimeInterval(900)) { _ in false }
@@ -35,14 +34,14 @@ struct CompletionTrackerTests {
     @Test("An unfinished job is polled again with a doubling wait up to its bound; a final failure stops tracking it")
     func backoff() {
         var t = tracker()
-        _ = t.track(jobID: "j", connectionID: "c-1", key: key, now: t0)
+        _ = t.track(jobID: "j", connectionID: "c-1", now: t0)
         var now = t0.addingTimeInterval(900)
         var waits: [TimeInterval] = []
         for _ in 0..<7 {
             let fetch = t.duePolls(now: now) { _ in true }[0]
             let reported = t.fetched(fetch, .notFinished, now: now)
             #expect(reported == nil)
-            let next = t.awaited["j"]!.pollAt
+            let next = t.pollAt(of: "j")!
             waits.append(next.timeIntervalSince(now))
             now = next
         }
@@ -56,7 +55,7 @@ struct CompletionTrackerTests {
     @Test("A webhook and a poll that cross report the job once; a repeated webhook id is ignored")
     func exactlyOnce() throws {
         var t = tracker()
-        _ = t.track(jobID: "j", connectionID: "c-1", key: key, now: t0)
+        _ = t.track(jobID: "j", connectionID: "c-1", now: t0)
         let poll = t.duePolls(now: t0.addingTimeInterval(900)) { _ in true }[0]
         let maybeHook = t.webhook(eventID: "msg_1", jobID: "j", connectionID: "c-1", now: t0.addingTimeInterval(901))
         let hook = try #require(maybeHook)
@@ -91,12 +90,26 @@ struct CompletionTrackerTests {
     @Test("Restored records: awaiting jobs keep their poll time, reported ones are not polled")
     func restore() {
         var t = tracker()
-        t.restoreAwaited(jobID: "a", connectionID: "c-1", key: key, pollAt: t0)
-        t.restoreAwaited(jobID: "b", connectionID: "c-1", key: key, pollAt: t0)
+        t.restoreAwaited(jobID: "a", connectionID: "c-1", pollAt: t0)
+        t.restoreAwaited(jobID: "b", connectionID: "c-1", pollAt: t0)
         t.restoreReported(jobID: "b", until: t0.addingTimeInterval(100))
         let due = t.duePolls(now: t0) { _ in true }
         #expect(due.map(\.jobID) == ["a"])
         t.restoreCleared(jobID: "a")
         #expect(t.awaited.isEmpty)
+    }
+
+    @Test("Finch's ids (lowercase UUIDs), kept in 16 bytes, and any other ids come back exactly as given")
+    func idsComeBackExactly() {
+        var t = tracker()
+        let jobs = ["3f0c1a52-7b8e-4d2a-9c61-0e5b7a1d9f24", "3F0C1A52-7B8E-4D2A-9C61-0E5B7A1D9F24", "job-1"]
+        let connections = ["a8d4e2f0-1b3c-4d5e-8f90-123456789abc", "A8D4E2F0-1b3c-4d5e-8f90-123456789abc", "c-1"]
+        for (job, connection) in zip(jobs, connections) {
+            let tracked = t.track(jobID: job, connectionID: connection, now: t0)
+            #expect(tracked)
+        }
+        let due = t.duePolls(now: t0.addingTimeInterval(900)) { _ in true }
+        #expect(Set(due.map { "\($0.jobID) \($0.connectionID)" }) == Set(zip(jobs, connections).map { "\($0) \($1)" }),
+                "the uppercase spelling of a UUID is another id, not the same job")
     }
 }

@@ -191,6 +191,20 @@ struct DecisionLogTests {
         #expect(decisions(n.tick(now: t0.addingTimeInterval(10))).isEmpty, "the other replica clears its own decision")
     }
 
+    @Test("A key this process decides again and again gets one tombstone, for its newest decision, with its ids exactly as they came")
+    func oneTombstoneForTheNewest() {
+        var m = machine(reuse: .seconds(10))
+        let key = JobKey(connectionID: "a8d4e2f0-1b3c-4d5e-8f90-123456789abc", individualID: "3f0c1a52-7b8e-4d2a-9c61-0e5b7a1d9f24")
+        // 3,000 decisions a millisecond apart: each supersedes the one before before it expires.
+        for step in 0..<3_000 {
+            _ = m.callFinished(key, answer: .created(job), finch: nil, attempts: 1, now: t0.addingTimeInterval(Double(step) / 1_000))
+        }
+        let newest = Date(milliseconds: t0.addingTimeInterval(2.999).milliseconds).addingTimeInterval(10)
+        #expect(decisions(m.tick(now: t0.addingTimeInterval(12.9))).isEmpty, "superseded decisions write nothing")
+        let expired = decisions(m.tick(now: t0.addingTimeInterval(13)))
+        #expect(expired.map(\.0) == [Decision(key: key, state: .cleared(until: newest), replica: "me")])
+    }
+
     @Test("A call started after this replica's decision expired is not cleared by that decision's tombstone: the expiry writes none once the new call's in-flight record is out")
     func newCallOutlivesExpiredDecision() {
         var m = machine(reuse: .seconds(10))
