@@ -17,13 +17,24 @@ struct CompletionTracker: Sendable {
         var memory: Duration = .seconds(86_400)
     }
 
-    /// A job awaited, in 40 bytes (its id is the table's key; both ids are ``CompactID``s).
+    /// A job awaited, in 16 bytes: its id is the table's key, and its connection a slot in
+    /// ``ConnectionTable`` (a connection has many jobs).
     struct Awaited: Sendable, Hashable {
-        let connection: CompactID
-        var pollAt: Date
-        var polls: Int32 = 0
+        private var pollAtMilliseconds: Int64
+        let connection: ConnectionTable.Slot
+        var polls: UInt16 = 0
         /// A fetch of the job is running (a poll, or a webhook's).
         var fetching = false
+
+        init(connection: ConnectionTable.Slot, pollAt: Date) {
+            self.connection = connection
+            self.pollAtMilliseconds = pollAt.milliseconds
+        }
+
+        var pollAt: Date {
+            get { Date(milliseconds: pollAtMilliseconds) }
+            set { pollAtMilliseconds = newValue.milliseconds }
+        }
     }
 
     /// A reported job: remembered until `until`; `own` when this process reported it (it
@@ -53,6 +64,7 @@ struct CompletionTracker: Sendable {
     /// Jobs awaited, by job id. Ids are kept as ``CompactID``s: every created job is here
     /// until it completes, then in ``reported`` for a day.
     private(set) var awaited: [CompactID: Awaited] = [:]
+    private(set) var connections = ConnectionTable()
     private var reported: [CompactID: Reported] = [:]
     private var seenEvents: [String: Date] = [:]
 
@@ -69,7 +81,7 @@ struct CompletionTracker: Sendable {
     mutating func track(jobID: String, connectionID: String, now: Date) -> Bool {
         let id = CompactID(jobID)
         guard awaited[id] == nil, reported[id] == nil else { return false }
-        awaited[id] = Awaited(connection: CompactID(connectionID), pollAt: now.addingTimeInterval(configuration.completionTimeout.timeInterval))
+        awaited[id] = Awaited(connection: connections.retain(connectionID), pollAt: now.addingTimeInterval(configuration.completionTimeout.timeInterval))
         return true
     }
 
@@ -80,7 +92,7 @@ struct CompletionTracker: Sendable {
         if awaited[id] != nil {
             awaited[id]!.pollAt = min(awaited[id]!.pollAt, pollAt)
         } else {
-            awaited[id] = Awaited(connection: CompactID(connectionID), pollAt: pollAt)
+            awaited[id] = Awaited(connection: connections.retain(connectionID), pollAt: pollAt)
         }
     }
 
@@ -88,13 +100,21 @@ struct CompletionTracker: Sendable {
     /// process reported it.
     mutating func restoreReported(jobID: String, until: Date) {
         let id = CompactID(jobID)
-        awaited[id] = nil
+        stopAwaiting(id)
         reported[id] = Reported(until: max(reported[id]?.until ?? .distantPast, until), own: false)
     }
 
     /// Forgets a job (a tombstone in the log).
     mutating func restoreCleared(jobID: String) {
-        awaited[CompactID(jobID)] = nil
+        stopAwaiting(CompactID(jobID))
+    }
+
+    /// Forgets an awaited job; returns its connection id.
+    @discardableResult
+    private mutating func stopAwaiting(_ id: CompactID) -> String? {
+        guard let job = awaited.removeValue(forKey: id) else { return nil }
+        defer { connections.release(job.connection) }
+        return connections[job.connection]
     }
 
     /// A completion webhook for `jobID`. Returns the fetch to make, or `nil` when the event or
@@ -104,17 +124,17 @@ struct CompletionTracker: Sendable {
         seenEvents[eventID] = now.addingTimeInterval(configuration.memory.timeInterval)
         let id = CompactID(jobID)
         guard reported[id] == nil else { return nil }
-        var job = awaited[id] ?? Awaited(connection: CompactID(connectionID), pollAt: now)
+        var job = awaited[id] ?? Awaited(connection: connections.retain(connectionID), pollAt: now)
         job.fetching = true
         awaited[id] = job
-        return Fetch(jobID: jobID, connectionID: job.connection.description, detectedBy: .webhook, finchEventID: eventID)
+        return Fetch(jobID: jobID, connectionID: connections[job.connection], detectedBy: .webhook, finchEventID: eventID)
     }
 
     /// Awaited jobs whose poll is due and that `owns` (the replica that polls them), as fetches.
     mutating func duePolls(now: Date, owns: (String) -> Bool) -> [Fetch] {
         var fetches: [Fetch] = []
         for (id, job) in awaited where !job.fetching && job.pollAt <= now {
-            let connection = job.connection.description
+            let connection = connections[job.connection]
             guard owns(connection) else { continue }
             awaited[id]?.fetching = true
             fetches.append(Fetch(jobID: id.description, connectionID: connection, detectedBy: .polling, finchEventID: nil))
@@ -129,20 +149,20 @@ struct CompletionTracker: Sendable {
         case .terminal(let job):
             let id = CompactID(fetch.jobID)
             guard reported[id] == nil else { return nil }  // a crossing fetch reported it
-            let connection = awaited.removeValue(forKey: id)?.connection.description ?? fetch.connectionID
+            let connection = stopAwaiting(id) ?? fetch.connectionID
             reported[id] = Reported(until: now.addingTimeInterval(configuration.memory.timeInterval), own: true)
             return JobCompletion(job: job, connectionID: connection, detectedBy: fetch.detectedBy, finchEventID: fetch.finchEventID, at: now)
         case .notFinished, .failed(final: false):
             let id = CompactID(fetch.jobID)
             guard var job = awaited[id] else { return nil }
             job.fetching = false
-            job.polls += 1
+            if job.polls < .max { job.polls += 1 }
             let wait = min(configuration.pollInterval * (1 << min(Int(job.polls) - 1, 16)), configuration.maxPollInterval)
             job.pollAt = now.addingTimeInterval(wait.timeInterval)
             awaited[id] = job
             return nil
         case .failed(final: true):
-            awaited[CompactID(fetch.jobID)] = nil
+            stopAwaiting(CompactID(fetch.jobID))
             return nil
         }
     }
@@ -157,5 +177,52 @@ struct CompletionTracker: Sendable {
         }
         if !seenEvents.isEmpty { seenEvents = seenEvents.filter { $0.value > now } }
         return cleared
+    }
+}
+
+/// The connection ids of awaited jobs, each kept once with the number of jobs that refer to
+/// it: a connection has many jobs, and a job refers to its connection by a 4-byte slot. A
+/// slot no job refers to any more is freed and used again, so the table holds only the
+/// connections of jobs still awaited.
+struct ConnectionTable: Sendable {
+    typealias Slot = UInt32
+
+    private var ids: [String] = []
+    private var counts: [Int] = []
+    private var slots: [String: Slot] = [:]
+    private var free: [Slot] = []
+
+    /// Connections referred to.
+    var count: Int { slots.count }
+
+    subscript(slot: Slot) -> String { ids[Int(slot)] }
+
+    /// A slot for `id`, counting one more reference to it.
+    mutating func retain(_ id: String) -> Slot {
+        if let slot = slots[id] {
+            counts[Int(slot)] += 1
+            return slot
+        }
+        let slot: Slot
+        if let reused = free.popLast() {
+            slot = reused
+            ids[Int(slot)] = id
+            counts[Int(slot)] = 1
+        } else {
+            slot = Slot(ids.count)
+            ids.append(id)
+            counts.append(1)
+        }
+        slots[id] = slot
+        return slot
+    }
+
+    /// One reference to `slot` less; the last frees it.
+    mutating func release(_ slot: Slot) {
+        counts[Int(slot)] -= 1
+        guard counts[Int(slot)] == 0 else { return }
+        slots[ids[Int(slot)]] = nil
+        ids[Int(slot)] = ""
+        free.append(slot)
     }
 }

@@ -112,4 +112,50 @@ struct CompletionTrackerTests {
         #expect(Set(due.map { "\($0.jobID) \($0.connectionID)" }) == Set(zip(jobs, connections).map { "\($0) \($1)" }),
                 "the uppercase spelling of a UUID is another id, not the same job")
     }
+
+    @Test("A connection is kept once for all its awaited jobs and let go with the last, whichever way each job ends")
+    func connectionsKeptOnce() throws {
+        var t = tracker()
+        for job in ["a", "b", "c", "d", "e"] { _ = t.track(jobID: job, connectionID: "c-1", now: t0) }
+        _ = t.track(jobID: "f", connectionID: "c-2", now: t0)
+        #expect(t.connections.count == 2)
+        let polls = t.duePolls(now: t0.addingTimeInterval(900)) { _ in true }
+        let fetch = { (job: String) in polls.first { $0.jobID == job }! }
+        _ = t.fetched(fetch("a"), .terminal(job("a", .complete)), now: t0.addingTimeInterval(901))
+        _ = t.fetched(fetch("b"), .failed(final: true), now: t0.addingTimeInterval(901))
+        t.restoreReported(jobID: "c", until: t0.addingTimeInterval(86_400))
+        t.restoreCleared(jobID: "d")
+        #expect(t.connections.count == 2, "job e still awaits on c-1")
+        _ = t.fetched(fetch("f"), .notFinished, now: t0.addingTimeInterval(901))
+        _ = t.fetched(fetch("e"), .terminal(job("e", .complete)), now: t0.addingTimeInterval(902))
+        #expect(t.connections.count == 1, "c-1 let go with its last job")
+        let again = t.duePolls(now: t0.addingTimeInterval(931)) { _ in true }
+        #expect(again.map(\.connectionID) == ["c-2"], "a job still awaited keeps its connection")
+        _ = t.fetched(again[0], .notFinished, now: t0.addingTimeInterval(932))
+        let tracked = t.track(jobID: "g", connectionID: "c-3", now: t0)
+        #expect(tracked)
+        let later = t.duePolls(now: t0.addingTimeInterval(2_000)) { _ in true }
+        #expect(Set(later.map(\.connectionID)) == ["c-2", "c-3"], "a freed slot used again names the new connection")
+    }
+}
+
+@Suite("ConnectionTable")
+struct ConnectionTableTests {
+    @Test("Slots are shared by references to one id, freed with the last reference and used again")
+    func slots() {
+        var table = ConnectionTable()
+        let a = table.retain("c-1")
+        let same = table.retain("c-1")
+        #expect(same == a)
+        let b = table.retain("c-2")
+        #expect(a != b && table[a] == "c-1" && table[b] == "c-2" && table.count == 2)
+        table.release(a)
+        #expect(table.count == 2 && table[a] == "c-1", "one reference left")
+        table.release(a)
+        #expect(table.count == 1)
+        let c = table.retain("c-3")
+        #expect(c == a && table[c] == "c-3", "the freed slot, used again")
+        let renewed = table.retain("c-1")
+        #expect(renewed != a, "c-1 is a new entry now")
+    }
 }
