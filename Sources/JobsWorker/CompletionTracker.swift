@@ -132,13 +132,16 @@ struct CompletionTracker: Sendable {
 
     /// Awaited jobs whose poll is due and that `owns` (the replica that polls them), as fetches.
     mutating func duePolls(now: Date, owns: (String) -> Bool) -> [Fetch] {
+        var due: [CompactID] = []
         var fetches: [Fetch] = []
         for (id, job) in awaited where !job.fetching && job.pollAt <= now {
             let connection = connections[job.connection]
             guard owns(connection) else { continue }
-            awaited[id]?.fetching = true
+            due.append(id)
             fetches.append(Fetch(jobID: id.description, connectionID: connection, detectedBy: .polling, finchEventID: nil))
         }
+        // Marked after the walk: marking during it would copy the whole table.
+        for id in due { awaited[id]?.fetching = true }
         return fetches
     }
 

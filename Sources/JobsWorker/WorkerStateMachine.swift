@@ -139,10 +139,18 @@ struct WorkerStateMachine: Sendable {
         mutating func insert(_ key: JobKey, until date: Date) {
             until[KeyFingerprint(key)] = date.milliseconds
             expiries.insert(Expiry(untilMilliseconds: date.milliseconds, key: CompactJobKey(key)))
-            // Superseded expiries are dropped when they come due; rebuild if they pile up.
-            if expiries.count > 2 * until.count + 1_024 {
-                expiries = Heap(expiries.unordered.filter { until[KeyFingerprint($0.key.key)] == $0.untilMilliseconds })
-            }
+            // Superseded expiries are dropped when they come due; rebuild if they pile up
+            // (after at least as many inserts as live keys: O(1) an insert, amortized).
+            if expiries.count > 2 * until.count + 1_024 { dropSuperseded() }
+        }
+
+        /// Keeps one expiry per live key, its newest decision's.
+        private mutating func dropSuperseded() {
+            var kept = Set<KeyFingerprint>(minimumCapacity: until.count)
+            expiries = Heap(expiries.unordered.filter { expiry in
+                let fingerprint = KeyFingerprint(expiry.key.key)
+                return until[fingerprint] == expiry.untilMilliseconds && kept.insert(fingerprint).inserted
+            })
         }
 
         /// The key's decision is not this process's to clear any more.
@@ -164,9 +172,11 @@ struct WorkerStateMachine: Sendable {
                     expired.append((key, Date(milliseconds: first.untilMilliseconds)))
                 }
             }
-            // Give memory back after a burst, as the deduplicator does.
+            // Give memory back after a burst, as the deduplicator does: the table, and the
+            // heap's storage (which keeps its peak size as it empties).
             if until.capacity > 1_024, until.count < until.capacity / 4 {
                 until = Dictionary(uniqueKeysWithValues: until.map { ($0.key, $0.value) })
+                dropSuperseded()
             }
             return expired
         }

@@ -23,6 +23,7 @@ struct ChildProcessError: Error, CustomStringConvertible {
 final class ChildProcess: Sendable {
     private let process: Process
     private let output = Locked<(stdout: [String], partial: String, stderr: String)>(([], "", ""))
+    private let stderrHandle: FileHandle
 
     init(_ executable: URL, _ arguments: [String], environment: [String: String] = [:]) throws {
         let process = Process()
@@ -34,6 +35,7 @@ final class ChildProcess: Sendable {
         process.standardError = stderr
         process.standardInput = FileHandle.nullDevice
         self.process = process
+        self.stderrHandle = stderr.fileHandleForReading
         stdout.fileHandleForReading.readabilityHandler = { [output] handle in
             let text = String(decoding: handle.availableData, as: UTF8.self)
             output.withLock { state in
@@ -52,6 +54,17 @@ final class ChildProcess: Sendable {
     }
 
     var stdoutLines: [String] { output.withLock { $0.stdout } }
+
+    /// All of stderr, once the process has exited: the readability handler can miss the last
+    /// of a burst written just before exit, so the rest is read to the end of the pipe.
+    func stderrAfterExit() -> String {
+        stderrHandle.readabilityHandler = nil
+        let rest = stderrHandle.readDataToEndOfFile()
+        return output.withLock { state in
+            state.stderr += String(decoding: rest, as: UTF8.self)
+            return state.stderr
+        }
+    }
     var stderrText: String { output.withLock { $0.stderr } }
     var isRunning: Bool { process.isRunning }
     var exitStatus: Int32 { process.terminationStatus }
