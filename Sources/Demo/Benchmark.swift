@@ -23,6 +23,9 @@ public enum Benchmark {
         case consume
         /// The deduplicator's memory per remembered key, and its return after expiry.
         case memory
+        /// A worker process learning W-4 keys, measured from outside: its resident memory per
+        /// key, everything it keeps per key included.
+        case memoryProcess = "memory-process"
     }
 
     public struct Options: Sendable {
@@ -53,6 +56,8 @@ public enum Benchmark {
         public var consumeRecords = 1_000_000
         /// memory: W-4 keys remembered (UUID connection and individual ids, as Finch has).
         public var memoryKeys = 100_000
+        /// memory-process: W-4 keys in each of the two waves (1.6 events a key).
+        public var memoryProcessKeys = 25_000
         public var seed: UInt64 = 42
 
         public init() {}
@@ -97,6 +102,7 @@ public enum Benchmark {
             case .calls: rows.append(try await calls(options, logger: logger, progress: progress))
             case .consume: rows.append(try await consume(options, logger: logger, progress: progress))
             case .memory: rows.append(memory(keys: options.memoryKeys))
+            case .memoryProcess: rows.append(try await memoryProcess(options, logger: logger, progress: progress))
             }
         }
         return rows
@@ -587,6 +593,85 @@ public enum Benchmark {
             passthroughPerSecond: nil, ratioToPassthrough: nil,
             note: String(format: "%.0f bytes of resident memory per remembered W-4 key (UUID ids, job id and URL); %.1f MiB of it still resident after every key expired", perKey, Double(max(0, expired - before)) / 1_048_576)
         )
+    }
+
+    /// A worker process (this binary's `run`, or `--worker-binary`) with a 30-minute reuse
+    /// window learns `memoryProcessKeys` distinct W-4 keys (UUID connection and individual
+    /// ids, 250 connections, 1.6 events a key, Finch answering at once), then as many more:
+    /// its resident memory (VmRSS, read from `/proc`) per key for each wave. Everything it
+    /// keeps per key counts: the deduplicator, its own live decisions, jobs awaiting
+    /// completion, and what the allocator keeps.
+    static func memoryProcess(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+        var random = SeededGenerator(seed: options.seed)
+        func uuid() -> String {
+            let (high, low) = (random.next(), random.next())
+            let bytes = withUnsafeBytes(of: (high, low)) { Array($0) }
+            return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15])).uuidString.lowercased()
+        }
+        let connections = (0..<250).map { _ in uuid() }
+        var stackOptions = EmbeddedStackConfiguration()
+        stackOptions.partitions = 16
+        stackOptions.connections = connections.count
+        stackOptions.connectionIDs = connections
+        stackOptions.deferWorkerStart = true
+        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(3_600))
+        let topic = "finch.w4-changed"
+        var waves: [[EventGenerator.Event]] = []
+        for wave in 0..<2 {
+            let keys = (0..<options.memoryProcessKeys).map { _ in (connections[Int.random(in: 0..<connections.count, using: &random)], uuid()) }
+            var picks = keys + (0..<options.memoryProcessKeys * 3 / 5).map { _ in keys[Int.random(in: 0..<keys.count, using: &random)] }
+            picks.shuffle(using: &random)
+            waves.append(picks.enumerated().map { index, key in
+                let id = "m\(wave)-\(index)"
+                let value = #"{"type":"employee.w4.changed","event_id":"\#(id)","connection_id":"\#(key.0)","individual_id":"\#(key.1)"}"#
+                return EventGenerator.Event(id: id, kind: .w4, record: KafkaProducerRecord(topic: topic, key: Array(key.0.utf8), value: Array(value.utf8)))
+            })
+        }
+        let allWaves = waves
+        return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
+            guard stack.configuration.inputTopics.contains(topic) else { throw EmbeddedStackError("no \(topic) topic in the stack") }
+            let worker = try workerProcess(stack, options, extra: ["--reuse-window", "30m"])
+            defer { worker.stop() }
+            let collector = try stack.resultCollector(sentAt: Locked([:]), logger: logger)
+            let (resident, seconds): ([Double], Double) = try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { await collector.run() }
+                defer { tasks.cancelAll() }
+                try await worker.waitUntilAssigned(timeout: .seconds(60))
+                try await collector.waitUntilReading(timeout: .seconds(60))
+                // The worker gives freed memory back every 10 s: each reading follows two of
+                // its periods of rest, so it holds what the worker keeps, not what it just freed.
+                try await Task.sleep(for: .seconds(21))
+                var resident = [worker.residentMiB()]
+                let start = ContinuousClock.now
+                var answered = 0
+                for (index, events) in allWaves.enumerated() {
+                    await stack.produce(events, sentAt: nil)
+                    answered += events.count
+                    try await collector.wait("every event of wave \(index + 1) answered", timeout: .seconds(600)) { [answered] in $0.answered >= answered }
+                    progress("memory-process: wave \(index + 1) answered; resting for two of the worker's memory periods")
+                    try await Task.sleep(for: .seconds(21))
+                    resident.append(worker.residentMiB())
+                }
+                let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
+                try worker.checkNoOffsetReset()
+                await collector.close()
+                return (resident, seconds)
+            }
+            let keys = Double(options.memoryProcessKeys)
+            let first = (resident[1] - resident[0]) * 1_048_576 / keys
+            let next = (resident[2] - resident[1]) * 1_048_576 / keys
+            let events = allWaves.reduce(0) { $0 + $1.count }
+            return Row(
+                scenario: "memory-process", events: events, seconds: seconds, eventsPerSecond: Double(events) / seconds,
+                resultsPerSecond: 0, finchCalls: stack.sandbox.stats.enqueueCalls,
+                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: worker.peakMemoryMiB(),
+                passthroughPerSecond: nil, ratioToPassthrough: nil,
+                note: String(
+                    format: "a worker process learning W-4 keys (30-minute reuse window), resident memory read from outside: %.0f bytes a key for the first %d keys, %.0f for the next %d (%.1f MiB at rest before, %.1f after the first, %.1f after the second)",
+                    first, options.memoryProcessKeys, next, options.memoryProcessKeys, resident[0], resident[1], resident[2]
+                )
+            )
+        }
     }
 
     /// This process's resident memory (VmRSS), in bytes: what the memory costs the host,

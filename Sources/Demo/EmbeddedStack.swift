@@ -14,6 +14,9 @@ import ServiceLifecycle
 public struct EmbeddedStackConfiguration: Sendable {
     public var partitions = 8
     public var connections = 200
+    /// The connections' ids, `connections` of them; `c-0`, `c-1`, … when `nil`. (Finch's are
+    /// UUIDs, which the worker keeps in 16 bytes.)
+    public var connectionIDs: [String]? = nil
     /// The last this-many connections get no token, to show `no_access_token`.
     public var connectionsWithoutTokens = 0
     public var sandbox = SandboxSettings()
@@ -69,8 +72,9 @@ public struct EmbeddedStack: Sendable {
         for topic in configuration.inputTopics + [configuration.resultsTopic, configuration.deadLetterTopic, configuration.decisionsTopic, configuration.webhooksTopic] {
             try cluster.createTopic(topic, partitions: options.partitions)
         }
-        let tokens = Dictionary(uniqueKeysWithValues: (0..<options.connections).map { ("c-\($0)", "demo-token-\($0)-\(UInt32.random(in: 0...UInt32.max))") })
-        let withTokens = tokens.filter { Int($0.key.dropFirst(2))! < options.connections - options.connectionsWithoutTokens }
+        let ids = options.connectionIDs ?? (0..<options.connections).map { "c-\($0)" }
+        let tokens = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($0.element, "demo-token-\($0.offset)-\(UInt32.random(in: 0...UInt32.max))") })
+        let withTokens = Dictionary(uniqueKeysWithValues: ids.prefix(max(0, ids.count - options.connectionsWithoutTokens)).map { ($0, tokens[$0]!) })
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("finch-jobs-demo-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let tokensFile = directory.appendingPathComponent("tokens.json").path

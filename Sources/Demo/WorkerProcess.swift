@@ -89,9 +89,14 @@ final class WorkerProcess: Sendable {
     }
 
     /// Its peak resident memory (VmHWM), in MiB.
-    func peakMemoryMiB() -> Double {
+    func peakMemoryMiB() -> Double { memoryMiB("VmHWM:") }
+
+    /// Its resident memory now (VmRSS), in MiB.
+    func residentMiB() -> Double { memoryMiB("VmRSS:") }
+
+    private func memoryMiB(_ field: String) -> Double {
         let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
+        let line = status.split(separator: "\n").first { $0.hasPrefix(field) }
         let kilobytes = line.flatMap { Double($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
         return kilobytes / 1_024
     }

@@ -12,7 +12,7 @@ struct BenchCommand: AsyncParsableCommand {
         discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them; stream-process: the same with the worker as its own process), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate), calls (distinct W-4 keys, Finch latency 0, the worker as its own process: its CPU per Finch call, against kcat producing and copying the same records) and consume (our consumer against kcat). Build with -c release for meaningful figures."
     )
 
-    @Option(help: "Scenarios to run, comma-separated: ingest, stream, stream-process, fan-out, steady, calls, consume, memory, or all. (env FINCH_JOBS_SCENARIOS)")
+    @Option(help: "Scenarios to run, comma-separated: ingest, stream, stream-process, fan-out, steady, calls, consume, memory, memory-process, or all. (env FINCH_JOBS_SCENARIOS)")
     var scenarios: String = "all"
 
     @Option(help: "ingest: events in the backlog. (env FINCH_JOBS_EVENTS)")
@@ -36,7 +36,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "calls: connections with 6 distinct W-4 keys each. (env FINCH_JOBS_CALL_CONNECTIONS)")
     var callConnections: Int = 2_000
 
-    @Option(help: "calls and stream-process: the finch-jobs binary whose worker is measured, e.g. an earlier build's; this one by default. (env FINCH_JOBS_WORKER_BINARY)")
+    @Option(help: "calls, stream-process and memory-process: the finch-jobs binary whose worker is measured, e.g. an earlier build's; this one by default. (env FINCH_JOBS_WORKER_BINARY)")
     var workerBinary: String?
 
     @Option(help: "fan-out: Finch latency. (env FINCH_JOBS_FAN_OUT_LATENCY)")
