@@ -134,8 +134,6 @@ struct WorkerStateMachine: Sendable {
         private var until: [KeyFingerprint: Int64] = [:]
         private var expiries = Heap<Expiry>()
 
-        var count: Int { until.count }
-
         mutating func insert(_ key: JobKey, until date: Date) {
             until[KeyFingerprint(key)] = date.milliseconds
             expiries.insert(Expiry(untilMilliseconds: date.milliseconds, key: CompactJobKey(key)))
