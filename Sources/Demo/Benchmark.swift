@@ -641,7 +641,7 @@ public enum Benchmark {
                 // The worker gives freed memory back every 10 s: each reading follows two of
                 // its periods of rest, so it holds what the worker keeps, not what it just freed.
                 try await Task.sleep(for: .seconds(21))
-                var resident = [worker.residentMiB()]
+                var resident = [try worker.residentMiB()]
                 let start = ContinuousClock.now
                 var answered = 0
                 for (index, events) in allWaves.enumerated() {
@@ -650,7 +650,7 @@ public enum Benchmark {
                     try await collector.wait("every event of wave \(index + 1) answered", timeout: .seconds(600)) { [answered] in $0.answered >= answered }
                     progress("memory-process: wave \(index + 1) answered; resting for two of the worker's memory periods")
                     try await Task.sleep(for: .seconds(21))
-                    resident.append(worker.residentMiB())
+                    resident.append(try worker.residentMiB())
                 }
                 let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
                 try worker.checkNoOffsetReset()

@@ -89,15 +89,19 @@ final class WorkerProcess: Sendable {
     }
 
     /// Its peak resident memory (VmHWM), in MiB.
-    func peakMemoryMiB() -> Double { memoryMiB("VmHWM:") }
+    func peakMemoryMiB() -> Double { (try? memoryMiB("VmHWM:")) ?? 0 }
 
     /// Its resident memory now (VmRSS), in MiB.
-    func residentMiB() -> Double { memoryMiB("VmRSS:") }
+    /// - Throws: when it cannot be read (the process exited): a reading of 0 would be taken
+    ///   for a figure.
+    func residentMiB() throws -> Double { try memoryMiB("VmRSS:") }
 
-    private func memoryMiB(_ field: String) -> Double {
+    private func memoryMiB(_ field: String) throws -> Double {
         let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
         let line = status.split(separator: "\n").first { $0.hasPrefix(field) }
-        let kilobytes = line.flatMap { Double($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
+        guard let kilobytes = line.flatMap({ Double($0.split(separator: " ").dropFirst().first ?? "") }) else {
+            throw EmbeddedStackError("the worker process's \(field.dropLast()) cannot be read (exited: \(!process.isRunning))")
+        }
         return kilobytes / 1_024
     }
 
