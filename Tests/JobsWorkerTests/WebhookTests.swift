@@ -241,7 +241,7 @@ struct WebhookTests {
                 let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("sdk/finch_sdk_check.py")
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-                process.arguments = ["python3", script.path, "--unwrap", Self.secret, bodyFile.path, headersFile.path, job.jobID]
+                process.arguments = [pythonWithFinchSDK(), script.path, "--unwrap", Self.secret, bodyFile.path, headersFile.path, job.jobID]
                 let output = Pipe()
                 process.standardOutput = output
                 process.standardError = output

@@ -53,3 +53,12 @@ final class TemporaryDirectories: Sendable {
         for directory in all { try? FileManager.default.removeItem(at: directory) }
     }
 }
+
+/// The Python that has Finch's official SDK (`finch-api`): the package's `.venv`, which the
+/// README's test command makes (Debian's own Python refuses `pip install` outside a virtual
+/// environment), or `python3` on the PATH when there is none.
+public func pythonWithFinchSDK() -> String {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let venv = root.appendingPathComponent(".venv/bin/python3").path
+    return FileManager.default.isExecutableFile(atPath: venv) ? venv : "python3"
+}
