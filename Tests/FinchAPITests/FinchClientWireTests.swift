@@ -5,14 +5,18 @@ import HummingbirdTesting
 import TestSupport
 import Testing
 
-/// The client against hand-made answers, through Hummingbird's live test server.
+/// The client against hand-made answers, from a Hummingbird server on 127.0.0.1.
 @Suite("FinchClient on the wire", .timeLimit(.minutes(1)))
 struct FinchClientWireTests {
     @Test("Dates are written as Foundation's ISO 8601 style writes them (UTC, milliseconds) and read back to the millisecond")
     func dates() {
         let style = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
         var generator = SystemRandomNumberGenerator()
-        let samples = [0, 0.999, 951_782_400.5, 1_795_962_426.0015, 4_102_444_799.999] + (0..<2_000).map { _ in Double.random(in: 0..<4_102_444_800, using: &generator) }
+        // Leap days (2000 has one, 2100 has none), the last millisecond written by hand, and
+        // random dates up to 2100 and up to 9999.
+        let edges: [Double] = [0, 0.999, 951_782_400.5, 951_868_799.999, 4_107_542_399.999, 4_107_542_400, 1_795_962_426.0015, 4_102_444_799.999, 253_402_300_799.999]
+        let samples = edges + (0..<2_000).map { _ in Double.random(in: 0..<4_102_444_800, using: &generator) }
+            + (0..<2_000).map { _ in Double.random(in: 0..<253_402_300_800, using: &generator) }
         for seconds in samples {
             let date = Date(timeIntervalSince1970: (seconds * 1_000).rounded(.down) / 1_000 + 0.0001)
             #expect(FinchDate.format(date) == date.formatted(style), "\(seconds)")
@@ -47,8 +51,8 @@ struct FinchClientWireTests {
                 body: .init(byteBuffer: ByteBuffer(string: #"{"job_id":"j-1","job_url":"u","allowed_refreshes":1,"remaining_refreshes":0}"#))
             )
         }
-        try await Application(router: router).test(.live) { live in
-            let finch = try client("http://127.0.0.1:\(live.port!)/finch/")
+        try await withLoopbackServer(router) { port, _ in
+            let finch = try client("http://127.0.0.1:\(port)/finch/")
             let result = await finch.enqueue(.w4FormEmployeeSync(individualID: "i-9"), token: FinchAccessToken("secret-1"))
             try await finch.shutdown()
             guard case .created(let job) = result.outcome else {
@@ -79,9 +83,9 @@ struct FinchClientWireTests {
         router.post("/badretry/jobs/automated") { _, _ in
             Response(status: .tooManyRequests, body: .init(byteBuffer: ByteBuffer(string: #"{"allowed_refreshes":1,"remaining_refreshes":0,"retry_at":"tomorrow"}"#)))
         }
-        try await Application(router: router).test(.live) { live in
+        try await withLoopbackServer(router) { port, _ in
             for prefix in ["html", "nojob", "badretry"] {
-                let finch = try client("http://127.0.0.1:\(live.port!)/\(prefix)")
+                let finch = try client("http://127.0.0.1:\(port)/\(prefix)")
                 let result = await finch.enqueue(.dataSyncAll, token: FinchAccessToken("t"))
                 try await finch.shutdown()
                 let error = try #require(result.error, "\(prefix) should fail")

@@ -24,7 +24,7 @@ struct WebhookTests {
     /// Runs a receiver for `kafka` on a live port for the duration of `body`.
     func withReceiver<T: Sendable>(
         _ kafka: EmbeddedKafka, bootstrap: String? = nil, maxBodyBytes: Int = 262_144, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
-        _ body: @Sendable (_ port: Int, _ client: any TestClientProtocol) async throws -> T
+        _ body: @Sendable (_ port: Int, _ client: LoopbackClient) async throws -> T
     ) async throws -> T {
         var configuration = WebhookReceiverConfiguration(bootstrapServers: bootstrap ?? kafka.cluster.bootstrapServers, secrets: [Self.secret])
         configuration.topic = kafka.topics.webhooks
@@ -34,7 +34,7 @@ struct WebhookTests {
         let router = OperationsServer.router(registry: registry, isReady: { receiver.isReady })
         receiver.addRoutes(to: router)
         defer { receiver.close() }
-        return try await Application(router: router).test(.live) { client in try await body(client.port!, client) }
+        return try await withLoopbackServer(router) { port, client in try await body(port, client) }
     }
 
     /// A signed delivery as Finch makes it.
@@ -218,8 +218,8 @@ struct WebhookTests {
             return Response(status: .noContent)
         }
         let tokens = makeTokens(1)
-        try await Application(router: router).test(.live) { client in
-            let webhooks = try SandboxWebhooks(url: "http://127.0.0.1:\(client.port!)/hook", secret: Self.secret, logger: quietLogger("deliveries"))
+        try await withLoopbackServer(router) { port, _ in
+            let webhooks = try SandboxWebhooks(url: "http://127.0.0.1:\(port)/hook", secret: Self.secret, logger: quietLogger("deliveries"))
             try await withSandbox(settings: SandboxSettings(jobDuration: .milliseconds(200)), tokens: tokens, webhooks: webhooks) { _, url in
                 let finch = try FinchClient(configuration: FinchClientConfiguration(baseURL: url), logger: quietLogger("finch"))
                 let result = await finch.enqueue(.w4FormEmployeeSync(individualID: "i-1"), token: FinchAccessToken("token-c-0"))
