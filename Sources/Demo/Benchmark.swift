@@ -19,6 +19,10 @@ public enum Benchmark {
         /// Distinct W-4 keys, Finch answering at once, the worker as its own process: its CPU
         /// per Finch call.
         case calls
+        /// calls with the worker under `valgrind --tool=callgrind`: its instructions per Finch
+        /// call, against kcat's for producing and copying the same records. Slow (about two
+        /// minutes), needs valgrind and a C compiler, and is not part of `all`.
+        case callsInstructions = "calls-instructions"
         /// Only the consumer: our KafkaConsumer against kcat on the same small records.
         case consume
         /// The deduplicator's memory per remembered key, and its return after expiry.
@@ -26,10 +30,13 @@ public enum Benchmark {
         /// A worker process learning W-4 keys, measured from outside: its resident memory per
         /// key, everything it keeps per key included.
         case memoryProcess = "memory-process"
+
+        /// What `--scenarios all` runs: every scenario but calls-instructions.
+        public static var all: [Scenario] { allCases.filter { $0 != .callsInstructions } }
     }
 
     public struct Options: Sendable {
-        public var scenarios = Scenario.allCases
+        public var scenarios = Scenario.all
         /// ingest: events and connections.
         public var ingestEvents = 500_000
         public var ingestConnections = 5_000
@@ -100,6 +107,7 @@ public enum Benchmark {
             case .fanOut: rows.append(try await fanOut(options, logger: logger))
             case .steady: rows.append(try await steady(options, logger: logger))
             case .calls: rows.append(try await calls(options, logger: logger, progress: progress))
+            case .callsInstructions: rows.append(try await callsInstructions(options, logger: logger, progress: progress))
             case .consume: rows.append(try await consume(options, logger: logger, progress: progress))
             case .memory: rows.append(memory(keys: options.memoryKeys))
             case .memoryProcess: rows.append(try await memoryProcess(options, logger: logger, progress: progress))
@@ -272,9 +280,17 @@ public enum Benchmark {
     /// are never acknowledged would otherwise wait for its message timeout).
     @discardableResult
     static func runKcat(_ arguments: [String], command: String = "kcat") async throws -> Double {
+        try await runTool(command, arguments, label: "kcat", missing: "kcat is not installed (apt-get install kcat)")
+    }
+
+    /// Runs `command` (found on the PATH) as ``runKcat(_:command:)`` does.
+    /// - Throws: when it fails, or `missing` when the PATH has no `command`.
+    @discardableResult
+    static func runTool(_ command: String, _ arguments: [String], environment: [String: String]? = nil, label: String? = nil, missing: String? = nil) async throws -> Double {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [command] + arguments
+        if let environment { process.environment = environment }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         // Whether the child was started, has exited, and whether the task was cancelled: a
@@ -312,32 +328,50 @@ public enum Benchmark {
         }
         let elapsed = (ContinuousClock.now - start).timeInterval
         try Task.checkCancellation()
-        // 127: env (or bash) found no kcat on the PATH.
-        guard status != 127 else { throw EmbeddedStackError("kcat is not installed (apt-get install kcat)") }
-        guard status == 0 else { throw EmbeddedStackError("kcat failed (exit \(status)): \(command) \(arguments.joined(separator: " "))") }
+        // 127: env (or bash) found no such command on the PATH.
+        guard status != 127 else { throw EmbeddedStackError(missing ?? "\(command) is not on the PATH") }
+        guard status == 0 else { throw EmbeddedStackError("\(label ?? command) failed (exit \(status)): \(command) \(arguments.joined(separator: " "))") }
         return elapsed
     }
 
     private static func kcatProduceAndCopyOnce(bootstrap: String, input: URL, records: Int, cluster: KafkaMockCluster, run: Int) async throws -> Double {
+        let script = try kcatProduceAndCopyScript(bootstrap: bootstrap, input: input, records: records, cluster: cluster, run: run)
+        return try await runKcat(["-c", script], command: "bash")
+    }
+
+    /// The bash script that produces `input` to a fresh topic with kcat and copies it to
+    /// another one, after creating both.
+    static func kcatProduceAndCopyScript(bootstrap: String, input: URL, records: Int, cluster: KafkaMockCluster, run: Int) throws -> String {
         let source = "bench.kcat.source.\(run)", copy = "bench.kcat.copy.\(run)"
         try cluster.createTopic(source, partitions: 16)
         try cluster.createTopic(copy, partitions: 16)
         let tuning = kcatTuning.joined(separator: " ")
         // pipefail: a failing kcat -C fails the run, not only a failing kcat -P.
-        let script = "set -o pipefail; kcat -P -b \(bootstrap) -t \(source) -K $'\\x01' \(tuning) -l \(input.path) && "
+        return "set -o pipefail; kcat -P -b \(bootstrap) -t \(source) -K $'\\x01' \(tuning) -l \(input.path) && "
             + "kcat -C -b \(bootstrap) -t \(source) -o beginning -e -q -c \(records) -K $'\\x01' \(tuning) "
             + "| kcat -P -b \(bootstrap) -t \(copy) -K $'\\x01' \(tuning)"
-        return try await runKcat(["-c", script], command: "bash")
     }
 
     /// `finch-jobs run` (this binary's, or `--worker-binary`) against the embedded stack.
-    static func workerProcess(_ stack: EmbeddedStack, _ options: Options, extra: [String]) throws -> WorkerProcess {
-        let properties = KafkaMockCluster.workerProperties.sorted { $0.key < $1.key }.flatMap { ["--kafka-config", "\($0.key)=\($0.value)"] }
-        return try WorkerProcess(binary: options.workerBinary, arguments: [
+    /// - Parameter callgrind: runs it under callgrind instead (``Callgrind``), from `binary`,
+    ///   a copy of the worker binary that valgrind can read.
+    ///   `kafka` replaces some of the worker's librdkafka properties on the mock cluster.
+    static func workerProcess(_ stack: EmbeddedStack, _ options: Options, extra: [String], kafka: [String: String] = [:], callgrind: (Callgrind, binary: String)? = nil) throws -> WorkerProcess {
+        let properties = KafkaMockCluster.workerProperties.merging(kafka) { _, replaced in replaced }
+            .sorted { $0.key < $1.key }.flatMap { ["--kafka-config", "\($0.key)=\($0.value)"] }
+        var binary = options.workerBinary, prefix: [String] = [], environment: [String: String]?
+        if let (callgrind, copy) = callgrind {
+            binary = callgrind.valgrind
+            prefix = callgrind.arguments(outputName: "worker") + [copy]
+            var variables = ProcessInfo.processInfo.environment
+            variables["LD_PRELOAD"] = callgrind.preload
+            environment = variables
+        }
+        return try WorkerProcess(binary: binary, arguments: prefix + [
             "run", "--bootstrap-servers", stack.cluster.bootstrapServers, "--finch-base-url", stack.sandboxURL,
             "--tokens-file", stack.configuration.tokensFile, "--http-port", "0", "--log-level", "info",
             "--max-in-flight", "\(options.maxInFlight)", "--max-requests-per-second", "1000000", "--cluster-max-calls-per-minute", "1000000",
-        ] + extra + properties)
+        ] + extra + properties, environment: environment)
     }
 
     /// 12,000 distinct W-4 keys (2,000 connections, 6 individuals each), one event each,
@@ -345,21 +379,7 @@ public enum Benchmark {
     /// CPU time can be read apart from the brokers', the sandbox's and the reader's: CPU per
     /// Finch call, and the wall time against kcat producing and copying the same records.
     static func calls(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
-        var stackOptions = EmbeddedStackConfiguration()
-        stackOptions.partitions = 16
-        stackOptions.connections = options.callConnections
-        stackOptions.deferWorkerStart = true
-        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(3_600))
-        return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
-            let topic = stack.configuration.inputTopics[1]
-            var events: [EventGenerator.Event] = []
-            for connection in 0..<options.callConnections {
-                for individual in 0..<6 {
-                    let id = "k-\(connection)-\(individual)"
-                    let value = #"{"type":"employee.w4.changed","event_id":"\#(id)","connection_id":"c-\#(connection)","individual_id":"i-\#(individual)"}"#
-                    events.append(EventGenerator.Event(id: id, kind: .w4, record: KafkaProducerRecord(topic: topic, key: Array("c-\(connection)".utf8), value: Array(value.utf8))))
-                }
-            }
+        try await callsStack(options, logger: logger) { stack, events in
             let worker = try workerProcess(stack, options, extra: [])
             defer { worker.stop() }
             let collector = try stack.resultCollector(sentAt: Locked([:]), logger: logger)
@@ -391,6 +411,90 @@ public enum Benchmark {
                 note: String(
                     format: "%d distinct W-4 keys, Finch answering at once, the worker as its own process: %.0f µs of worker CPU per Finch call (%.2f s for %d calls), %.2f s until the last result; kcat producing and copying the same records: %.2f s (pass-through column)",
                     events.count, cpu / Double(max(calls, 1)) * 1_000_000, cpu, calls, seconds, kcat
+                )
+            )
+        }
+    }
+
+    /// The embedded stack of calls with its events: 6 distinct W-4 keys for each of
+    /// `callConnections` connections, one event each.
+    private static func callsStack(_ options: Options, logger: Logger, _ body: @escaping @Sendable (EmbeddedStack, [EventGenerator.Event]) async throws -> Row) async throws -> Row {
+        var stackOptions = EmbeddedStackConfiguration()
+        stackOptions.partitions = 16
+        stackOptions.connections = options.callConnections
+        stackOptions.deferWorkerStart = true
+        stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(3_600))
+        return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
+            let topic = stack.configuration.inputTopics[1]
+            var events: [EventGenerator.Event] = []
+            for connection in 0..<options.callConnections {
+                for individual in 0..<6 {
+                    let id = "k-\(connection)-\(individual)"
+                    let value = #"{"type":"employee.w4.changed","event_id":"\#(id)","connection_id":"c-\#(connection)","individual_id":"i-\#(individual)"}"#
+                    events.append(EventGenerator.Event(id: id, kind: .w4, record: KafkaProducerRecord(topic: topic, key: Array("c-\(connection)".utf8), value: Array(value.utf8))))
+                }
+            }
+            return try await body(stack, events)
+        }
+    }
+
+    /// calls with the worker process under callgrind (``Callgrind``): the instructions it runs
+    /// from the first event produced to the last result read, per Finch call, against the
+    /// instructions kcat runs to produce the same records and copy them through the same
+    /// cluster. Instruction counts repeat where CPU seconds on shared cores do not.
+    static func callsInstructions(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+        let callgrind = try await Callgrind.prepare()
+        defer { callgrind.remove() }
+        let binary = options.workerBinary ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let copy = try await callgrind.strippedCopy(of: binary, name: "finch-jobs")
+        return try await callsStack(options, logger: logger) { stack, events in
+            // librdkafka's default fetch wait instead of the mock cluster's 2 ms (kept there for
+            // latency): an idle consumer fetching 500 times a second runs tens of millions of
+            // instructions a second, which would count as work the longer valgrind takes.
+            let worker = try workerProcess(stack, options, extra: [], kafka: ["fetch.wait.max.ms": "500"], callgrind: (callgrind, copy))
+            defer { worker.stop() }
+            let collector = try stack.resultCollector(sentAt: Locked([:]), logger: logger)
+            let (seconds, instructions, idlePerSecond): (Double, Int, Double) = try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { await collector.run() }
+                defer { tasks.cancelAll() }
+                // valgrind runs it 20 to 50 times slower.
+                try await worker.waitUntilAssigned(timeout: .seconds(300))
+                try await collector.waitUntilReading(timeout: .seconds(60))
+                try await callgrind.zero(pid: worker.processIdentifier)
+                let start = ContinuousClock.now
+                await stack.produce(events, sentAt: nil)
+                try await collector.wait("every event answered", timeout: .seconds(3_600)) { [total = events.count] in $0.answered >= total }
+                let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
+                let instructions = try await callgrind.dump(pid: worker.processIdentifier, outputName: "worker")
+                // What the worker runs while it has nothing to do (librdkafka's and the event
+                // loops' timers), per second: the window above holds that much for every
+                // second it lasted, and it lasts longer the busier the machine is.
+                try await callgrind.zero(pid: worker.processIdentifier)
+                let idleStart = ContinuousClock.now
+                try await Task.sleep(for: .seconds(10))
+                let idle = try await callgrind.dump(pid: worker.processIdentifier, outputName: "worker")
+                let idlePerSecond = Double(idle) / (ContinuousClock.now - idleStart).timeInterval
+                try worker.checkNoOffsetReset()
+                await collector.close()
+                return (seconds, instructions, idlePerSecond)
+            }
+            let working = Double(instructions) - idlePerSecond * seconds
+            let calls = stack.sandbox.stats.enqueueCalls
+            progress("calls-instructions: \(calls) Finch calls answered under callgrind in \(String(format: "%.1f s", seconds)); kcat producing and copying the same records under callgrind")
+            let input = try kcatInput(events)
+            defer { try? FileManager.default.removeItem(at: input) }
+            let script = try kcatProduceAndCopyScript(bootstrap: stack.cluster.bootstrapServers, input: input, records: events.count, cluster: stack.cluster, run: 1)
+            try await runTool(callgrind.valgrind, callgrind.arguments(outputName: "kcat.%p", traceChildren: true) + ["bash", "-c", script])
+            let kcat = try callgrind.instructions(ofFilesNamed: "kcat.", command: "kcat")
+            return Row(
+                scenario: "calls-instructions", events: events.count, seconds: seconds, eventsPerSecond: Double(events.count) / seconds,
+                resultsPerSecond: 0, finchCalls: calls,
+                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: worker.peakMemoryMiB(),
+                passthroughPerSecond: nil, ratioToPassthrough: Double(kcat) / max(working, 1),
+                note: String(
+                    format: "%d distinct W-4 keys, Finch answering at once, the worker as its own process under callgrind: %.0f thousand instructions per Finch call beyond idling (%.3f billion from the first event produced to the last result, %.1f s, less %.1f million a second it runs when idle; %d calls); kcat producing and copying the same records: %.3f billion (%.1f thousand a record); ratio: kcat's instructions over the worker's, %.4f",
+                    events.count, working / Double(max(calls, 1)) / 1_000, Double(instructions) / 1e9, seconds, idlePerSecond / 1e6, calls,
+                    Double(kcat) / 1e9, Double(kcat) / Double(events.count) / 1_000, Double(kcat) / max(working, 1)
                 )
             )
         }
@@ -767,10 +871,10 @@ public enum Benchmark {
     /// The rows as a table for people.
     public static func table(_ rows: [Row]) -> String {
         func ms(_ value: Double?) -> String { value.map { String(format: "%.0f", $0 * 1_000) } ?? "-" }
-        var lines = ["scenario         events    seconds  events/s  results/s  Finch calls  p50 ms  p95 ms  p99 ms  max ms  peak MiB  pass-through/s  ratio"]
+        var lines = ["scenario            events    seconds  events/s  results/s  Finch calls  p50 ms  p95 ms  p99 ms  max ms  peak MiB  pass-through/s  ratio"]
         for row in rows {
             lines.append([
-                row.scenario.padding(toLength: 15, withPad: " ", startingAt: 0),
+                row.scenario.padding(toLength: 18, withPad: " ", startingAt: 0),
                 String(format: "%7d", row.events), String(format: "%9.1f", row.seconds),
                 String(format: "%9.0f", row.eventsPerSecond), String(format: "%10.0f", row.resultsPerSecond),
                 String(format: "%12d", row.finchCalls),

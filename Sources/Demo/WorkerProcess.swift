@@ -21,10 +21,12 @@ final class WorkerProcess: Sendable {
 
     /// - Parameter binary: the `finch-jobs` to run; this one when `nil` (another build's, to
     ///   compare before and after a change).
-    init(binary: String?, arguments: [String]) throws {
+    /// - Parameter environment: its environment; this process's when `nil`.
+    init(binary: String?, arguments: [String], environment: [String: String]? = nil) throws {
         let process = Process()
         process.executableURL = binary.map { URL(fileURLWithPath: $0) } ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         process.arguments = arguments
+        if let environment { process.environment = environment }
         let stderr = Pipe()
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice
@@ -56,6 +58,8 @@ final class WorkerProcess: Sendable {
         try process.run()
         self.process = process
     }
+
+    var processIdentifier: Int32 { process.processIdentifier }
 
     /// Waits for it to be assigned partitions (its "partitions assigned" log line).
     /// - Throws: when it exits first, or after `timeout`.

@@ -9,10 +9,10 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure throughput, latency and Finch calls on the embedded stack, against a bare librdkafka pass-through of the same records.",
-        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them; stream-process: the same with the worker as its own process), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate), calls (distinct W-4 keys, Finch latency 0, the worker as its own process: its CPU per Finch call, against kcat producing and copying the same records) and consume (our consumer against kcat). Build with -c release for meaningful figures."
+        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them; stream-process: the same with the worker as its own process), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate), calls (distinct W-4 keys, Finch latency 0, the worker as its own process: its CPU per Finch call, against kcat producing and copying the same records; calls-instructions: the same under valgrind --tool=callgrind, instructions per call against kcat's, not part of all), consume (our consumer against kcat), memory and memory-process (memory per remembered key). Build with -c release for meaningful figures."
     )
 
-    @Option(help: "Scenarios to run, comma-separated: ingest, stream, stream-process, fan-out, steady, calls, consume, memory, memory-process, or all. (env FINCH_JOBS_SCENARIOS)")
+    @Option(help: "Scenarios to run, comma-separated: ingest, stream, stream-process, fan-out, steady, calls, calls-instructions, consume, memory, memory-process, or all (every one but calls-instructions). (env FINCH_JOBS_SCENARIOS)")
     var scenarios: String = "all"
 
     @Option(help: "ingest: events in the backlog. (env FINCH_JOBS_EVENTS)")
@@ -36,7 +36,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "calls: connections with 6 distinct W-4 keys each. (env FINCH_JOBS_CALL_CONNECTIONS)")
     var callConnections: Int = 2_000
 
-    @Option(help: "calls, stream-process and memory-process: the finch-jobs binary whose worker is measured, e.g. an earlier build's; this one by default. (env FINCH_JOBS_WORKER_BINARY)")
+    @Option(help: "calls, calls-instructions, stream-process and memory-process: the finch-jobs binary whose worker is measured, e.g. an earlier build's; this one by default. (env FINCH_JOBS_WORKER_BINARY)")
     var workerBinary: String?
 
     @Option(help: "fan-out: Finch latency. (env FINCH_JOBS_FAN_OUT_LATENCY)")
@@ -67,7 +67,7 @@ struct BenchCommand: AsyncParsableCommand {
     var logLevel: Logger.Level = .warning
 
     func parsedScenarios() throws -> [Benchmark.Scenario] {
-        if scenarios == "all" { return Benchmark.Scenario.allCases }
+        if scenarios == "all" { return Benchmark.Scenario.all }
         return try scenarios.split(separator: ",").map { name in
             guard let scenario = Benchmark.Scenario(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
                 throw ValidationError("--scenarios takes \(Benchmark.Scenario.allCases.map(\.rawValue).joined(separator: ", ")) or all, not \"\(name)\".")
