@@ -283,7 +283,9 @@ struct CompactJob: Sendable {
         private var others: [KeyFingerprint: FinchJobReference] = [:]
 
         mutating func compact(_ job: FinchJobReference, for key: KeyFingerprint) -> CompactJob {
-            if let id = UUID(uuidString: job.jobID), id.uuidString.lowercased() == job.jobID {
+            // Only the exact lowercase form, which `expand` gives back; parsed by hand, since
+            // `UUID(uuidString:)` goes through `sscanf` (8,000 instructions a call).
+            if case .uuid(let id) = CompactID(job.jobID) {
                 guard let url = job.jobURL else { return CompactJob(id: id, prefix: CompactJob.noURL) }
                 if url.hasSuffix(job.jobID), prefixes.count < 1_024 {
                     let prefix = String(url.dropLast(job.jobID.utf8.count))
@@ -302,9 +304,9 @@ struct CompactJob: Sendable {
             case CompactJob.sideTable:
                 return others[key] ?? FinchJobReference(jobID: "", jobURL: nil)
             case CompactJob.noURL:
-                return FinchJobReference(jobID: job.id.uuidString.lowercased(), jobURL: nil)
+                return FinchJobReference(jobID: CompactID.uuid(job.id).description, jobURL: nil)
             default:
-                let id = job.id.uuidString.lowercased()
+                let id = CompactID.uuid(job.id).description
                 return FinchJobReference(jobID: id, jobURL: prefixes[Int(job.prefix)] + id)
             }
         }
