@@ -65,4 +65,24 @@ import Testing
         await #expect(throws: CancellationError.self) { try await running.value }
         #expect(ContinuousClock.now - started < .seconds(60))
     }
+
+    @Test("callgrind's counts are read from each output file's totals, and only the named program's files are added up")
+    func callgrindTotals() throws {
+        let directory = try temporaryDirectory("callgrind")
+        func write(_ name: String, command: String, totals: Int) throws {
+            let text = "# callgrind format\nversion: 1\ncreator: callgrind-3.19.0\npid: 7\ncmd:  \(command)\npart: 1\n\nevents: Ir\n\nfl=(1) x.c\nfn=(1) main\n3 \(totals)\n\nsummary: \(totals)\n\n\ntotals: \(totals)\n"
+            try Data(text.utf8).write(to: directory.appendingPathComponent(name))
+        }
+        try write("kcat.101", command: "bash -c kcat -P … | kcat -P …", totals: 1_000)
+        try write("kcat.102", command: "/usr/bin/kcat -P -b 127.0.0.1:1 -t t", totals: 20_000)
+        try write("kcat.103", command: "kcat -C -b 127.0.0.1:1 -t t", totals: 300_000)
+        try write("kcat.104", command: "/usr/bin/kcatalog", totals: 4_000_000)
+        try write("other.105", command: "/usr/bin/kcat -P", totals: 50_000_000)
+        let callgrind = Callgrind(directory: directory, valgrind: "valgrind", callgrindControl: "callgrind_control")
+        #expect(try callgrind.instructions(ofFilesNamed: "kcat.", command: "kcat") == 320_000)
+        #expect(try Callgrind.totalInstructions(in: directory.appendingPathComponent("kcat.104")) == 4_000_000)
+        #expect(throws: EmbeddedStackError.self) { try callgrind.instructions(ofFilesNamed: "kcat.", command: "rdkafka") }
+        try Data("no counts".utf8).write(to: directory.appendingPathComponent("empty"))
+        #expect(throws: EmbeddedStackError.self) { try Callgrind.totalInstructions(in: directory.appendingPathComponent("empty")) }
+    }
 }
