@@ -23,6 +23,9 @@ public enum Benchmark {
         /// call, against kcat's for producing and copying the same records. Slow (about two
         /// minutes), needs valgrind and a C compiler, and is not part of `all`.
         case callsInstructions = "calls-instructions"
+        /// stream-process with the worker under callgrind: its instructions per event, against
+        /// kcat's for copying the same records. Needs valgrind and a C compiler; not in `all`.
+        case streamInstructions = "stream-instructions"
         /// Only the consumer: our KafkaConsumer against kcat on the same small records.
         case consume
         /// The deduplicator's memory per remembered key, and its return after expiry.
@@ -31,8 +34,8 @@ public enum Benchmark {
         /// key, everything it keeps per key included.
         case memoryProcess = "memory-process"
 
-        /// What `--scenarios all` runs: every scenario but calls-instructions.
-        public static var all: [Scenario] { allCases.filter { $0 != .callsInstructions } }
+        /// What `--scenarios all` runs: every scenario but the instruction counts.
+        public static var all: [Scenario] { allCases.filter { $0 != .callsInstructions && $0 != .streamInstructions } }
     }
 
     public struct Options: Sendable {
@@ -44,6 +47,9 @@ public enum Benchmark {
         public var fanOutConnections = 10_000
         /// calls: connections with 6 W-4 keys each.
         public var callConnections = 2_000
+        /// calls-instructions and stream-instructions: callgrind's counts are left in a
+        /// directory named in the note, for `callgrind_annotate`.
+        public var keepCallgrindCounts = false
         /// calls: the `finch-jobs` binary whose worker is measured (this one when `nil`).
         public var workerBinary: String?
         public var fanOutLatency: Duration = .milliseconds(100)
@@ -108,6 +114,7 @@ public enum Benchmark {
             case .steady: rows.append(try await steady(options, logger: logger))
             case .calls: rows.append(try await calls(options, logger: logger, progress: progress))
             case .callsInstructions: rows.append(try await callsInstructions(options, logger: logger, progress: progress))
+            case .streamInstructions: rows.append(try await streamInstructions(options, logger: logger, progress: progress))
             case .consume: rows.append(try await consume(options, logger: logger, progress: progress))
             case .memory: rows.append(memory(keys: options.memoryKeys))
             case .memoryProcess: rows.append(try await memoryProcess(options, logger: logger, progress: progress))
@@ -186,7 +193,18 @@ public enum Benchmark {
     /// produced until the last result is readable; against kcat producing the same records
     /// and copying them consume-to-produce through the same cluster (`ratio` > 1: we are
     /// faster than that copy).
-    static func stream(_ options: Options, ownProcess: Bool, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+    /// stream's events: refresh requests over `streamConnections`, one topic.
+    static func streamedEvents(_ options: Options, _ stack: EmbeddedStack) -> [EventGenerator.Event] {
+        var random = SeededGenerator(seed: options.seed)
+        var mix = EventGenerator.Mix(connections: options.streamConnections)
+        mix.malformedShare = 0
+        mix.w4Share = 0
+        let generator = EventGenerator(mix: mix, refreshTopic: stack.configuration.inputTopics[0], w4Topic: stack.configuration.inputTopics[0])
+        return generator.events(count: options.streamEvents, prefix: "t", using: &random)
+    }
+
+    /// stream's embedded stack: 16 partitions, budgets out of the way.
+    static func streamStackOptions(_ options: Options, ownProcess: Bool) -> EmbeddedStackConfiguration {
         var stackOptions = EmbeddedStackConfiguration()
         stackOptions.deferWorkerStart = ownProcess
         stackOptions.partitions = 16
@@ -195,13 +213,13 @@ public enum Benchmark {
         stackOptions.maxRequestsPerSecond = 100_000
         stackOptions.maxBufferedEvents = 200_000
         stackOptions.sandbox = SandboxSettings(allowedRefreshes: 1_000, jobDuration: .seconds(3_600))
+        return stackOptions
+    }
+
+    static func stream(_ options: Options, ownProcess: Bool, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+        let stackOptions = streamStackOptions(options, ownProcess: ownProcess)
         return try await EmbeddedStack.run(stackOptions, logger: logger) { stack in
-            var random = SeededGenerator(seed: options.seed)
-            var mix = EventGenerator.Mix(connections: options.streamConnections)
-            mix.malformedShare = 0
-            mix.w4Share = 0
-            let generator = EventGenerator(mix: mix, refreshTopic: stack.configuration.inputTopics[0], w4Topic: stack.configuration.inputTopics[0])
-            let events = generator.events(count: options.streamEvents, prefix: "t", using: &random)
+            let events = streamedEvents(options, stack)
             let input = try kcatInput(events)
             defer { try? FileManager.default.removeItem(at: input) }
             let sentAt = Locked<[String: ContinuousClock.Instant]>([:])
@@ -444,7 +462,7 @@ public enum Benchmark {
     /// cluster. Instruction counts repeat where CPU seconds on shared cores do not.
     static func callsInstructions(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
         let callgrind = try await Callgrind.prepare()
-        defer { callgrind.remove() }
+        defer { callgrind.remove(keepCounts: options.keepCallgrindCounts) }
         let binary = options.workerBinary ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
         let copy = try await callgrind.strippedCopy(of: binary, name: "finch-jobs")
         return try await callsStack(options, logger: logger) { stack, events in
@@ -454,29 +472,8 @@ public enum Benchmark {
             let worker = try workerProcess(stack, options, extra: [], kafka: ["fetch.wait.max.ms": "500"], callgrind: (callgrind, copy))
             defer { worker.stop() }
             let collector = try stack.resultCollector(sentAt: Locked([:]), logger: logger)
-            let (seconds, instructions, idlePerSecond): (Double, Int, Double) = try await withThrowingTaskGroup(of: Void.self) { tasks in
-                tasks.addTask { await collector.run() }
-                defer { tasks.cancelAll() }
-                // valgrind runs it 20 to 50 times slower.
-                try await worker.waitUntilAssigned(timeout: .seconds(300))
-                try await collector.waitUntilReading(timeout: .seconds(60))
-                try await callgrind.zero(pid: worker.processIdentifier)
-                let start = ContinuousClock.now
+            let (seconds, instructions, idlePerSecond) = try await countedWindow(callgrind, worker: worker, collector: collector, answers: events.count) {
                 await stack.produce(events, sentAt: nil)
-                try await collector.wait("every event answered", timeout: .seconds(3_600)) { [total = events.count] in $0.answered >= total }
-                let seconds = ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
-                let instructions = try await callgrind.dump(pid: worker.processIdentifier, outputName: "worker")
-                // What the worker runs while it has nothing to do (librdkafka's and the event
-                // loops' timers), per second: the window above holds that much for every
-                // second it lasted, and it lasts longer the busier the machine is.
-                try await callgrind.zero(pid: worker.processIdentifier)
-                let idleStart = ContinuousClock.now
-                try await Task.sleep(for: .seconds(10))
-                let idle = try await callgrind.dump(pid: worker.processIdentifier, outputName: "worker")
-                let idlePerSecond = Double(idle) / (ContinuousClock.now - idleStart).timeInterval
-                try worker.checkNoOffsetReset()
-                await collector.close()
-                return (seconds, instructions, idlePerSecond)
             }
             let working = Double(instructions) - idlePerSecond * seconds
             let calls = stack.sandbox.stats.enqueueCalls
@@ -492,9 +489,77 @@ public enum Benchmark {
                 latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: worker.peakMemoryMiB(),
                 passthroughPerSecond: nil, ratioToPassthrough: Double(kcat) / max(working, 1),
                 note: String(
-                    format: "%d distinct W-4 keys, Finch answering at once, the worker as its own process under callgrind: %.0f thousand instructions per Finch call beyond idling (%.3f billion from the first event produced to the last result, %.1f s, less %.1f million a second it runs when idle; %d calls); kcat producing and copying the same records: %.3f billion (%.1f thousand a record); ratio: kcat's instructions over the worker's, %.4f",
+                    format: "%d distinct W-4 keys, Finch answering at once, the worker as its own process under callgrind: %.0f thousand instructions per Finch call beyond idling (%.3f billion from the first event produced to the last result, %.1f s, less %.1f million a second it runs when idle; %d calls); kcat producing and copying the same records: %.3f billion (%.1f thousand a record); ratio: kcat's instructions over the worker's, %.4f%@",
                     events.count, working / Double(max(calls, 1)) / 1_000, Double(instructions) / 1e9, seconds, idlePerSecond / 1e6, calls,
-                    Double(kcat) / 1e9, Double(kcat) / Double(events.count) / 1_000, Double(kcat) / max(working, 1)
+                    Double(kcat) / 1e9, Double(kcat) / Double(events.count) / 1_000, Double(kcat) / max(working, 1),
+                    options.keepCallgrindCounts ? "; counts kept in \(callgrind.directory.path)" : ""
+                )
+            )
+        }
+    }
+
+    /// The worker process under callgrind, once it joined: its instructions from the start
+    /// of `produce` until `answers` events are answered, then its idle rate (see
+    /// ``Callgrind/window(pid:outputName:_:)``).
+    private static func countedWindow(
+        _ callgrind: Callgrind, worker: WorkerProcess, collector: ResultCollector, answers: Int, produce: @escaping @Sendable () async throws -> Void
+    ) async throws -> (seconds: Double, instructions: Int, idlePerSecond: Double) {
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { await collector.run() }
+            defer { tasks.cancelAll() }
+            // valgrind runs it 20 to 50 times slower.
+            try await worker.waitUntilAssigned(timeout: .seconds(300))
+            try await collector.waitUntilReading(timeout: .seconds(60))
+            let counted = try await callgrind.window(pid: worker.processIdentifier, outputName: "worker") {
+                let start = ContinuousClock.now
+                try await produce()
+                try await collector.wait("every event answered", timeout: .seconds(3_600)) { $0.answered >= answers }
+                return ((collector.snapshot.lastResultAt ?? ContinuousClock.now) - start).timeInterval
+            }
+            try worker.checkNoOffsetReset()
+            await collector.close()
+            return counted
+        }
+    }
+
+    /// stream-process with the worker under callgrind (``Callgrind``): the instructions it
+    /// runs from the first event produced to the last result read, per event, against the
+    /// instructions kcat runs to copy the same records consume-to-produce (`kcat -C | kcat
+    /// -P`; its first `kcat -P` produces them, as it does for the worker, and is left out).
+    static func streamInstructions(_ options: Options, logger: Logger, progress: @escaping @Sendable (String) -> Void) async throws -> Row {
+        let callgrind = try await Callgrind.prepare()
+        defer { callgrind.remove(keepCounts: options.keepCallgrindCounts) }
+        let binary = options.workerBinary ?? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let copy = try await callgrind.strippedCopy(of: binary, name: "finch-jobs")
+        return try await EmbeddedStack.run(streamStackOptions(options, ownProcess: true), logger: logger) { stack in
+            let events = streamedEvents(options, stack)
+            let input = try kcatInput(events)
+            defer { try? FileManager.default.removeItem(at: input) }
+            let collector = try stack.resultCollector(sentAt: Locked([:]), logger: logger)
+            collector.expect(answers: events.count)
+            // librdkafka's default fetch wait, as in calls-instructions.
+            let worker = try workerProcess(stack, options, extra: ["--max-buffered-events", "200000"], kafka: ["fetch.wait.max.ms": "500"], callgrind: (callgrind, copy))
+            defer { worker.stop() }
+            let (seconds, instructions, idlePerSecond) = try await countedWindow(callgrind, worker: worker, collector: collector, answers: events.count) {
+                try await runKcat(["-P", "-b", stack.cluster.bootstrapServers, "-t", stack.configuration.inputTopics[0], "-K", "\u{1}"] + kcatTuning + ["-l", input.path])
+            }
+            let working = Double(instructions) - idlePerSecond * seconds
+            progress("stream-instructions: \(events.count) events answered under callgrind in \(String(format: "%.1f s", seconds)); kcat producing and copying the same records under callgrind")
+            let script = try kcatProduceAndCopyScript(bootstrap: stack.cluster.bootstrapServers, input: input, records: events.count, cluster: stack.cluster, run: 1)
+            try await runTool(callgrind.valgrind, callgrind.arguments(outputName: "kcat.%p", traceChildren: true) + ["bash", "-c", script])
+            let consume = try callgrind.instructions(ofFilesNamed: "kcat.", command: "kcat", argument: "-C")
+            let produceCopy = try callgrind.instructions(ofFilesNamed: "kcat.", command: "kcat", argument: "bench.kcat.copy.1")
+            let kcat = consume + produceCopy
+            return Row(
+                scenario: "stream-instructions", events: events.count, seconds: seconds, eventsPerSecond: Double(events.count) / seconds,
+                resultsPerSecond: Double(collector.snapshot.results) / seconds, finchCalls: stack.sandbox.stats.enqueueCalls,
+                latencyP50: nil, latencyP95: nil, latencyP99: nil, latencyMax: nil, peakMemoryMiB: worker.peakMemoryMiB(),
+                passthroughPerSecond: nil, ratioToPassthrough: Double(kcat) / max(working, 1),
+                note: String(
+                    format: "%d events over %d connections, the worker as its own process under callgrind: %.2f thousand instructions an event beyond idling (%.3f billion from the first event produced to the last result, %.1f s, less %.1f million a second it runs when idle); kcat copying the same records consume-to-produce: %.3f billion (%.2f thousand a record: kcat -C %.2f, kcat -P %.2f); ratio: kcat's instructions over the worker's%@",
+                    events.count, options.streamConnections, working / Double(events.count) / 1_000, Double(instructions) / 1e9, seconds, idlePerSecond / 1e6,
+                    Double(kcat) / 1e9, Double(kcat) / Double(events.count) / 1_000, Double(consume) / Double(events.count) / 1_000, Double(produceCopy) / Double(events.count) / 1_000,
+                    options.keepCallgrindCounts ? "; counts kept in \(callgrind.directory.path)" : ""
                 )
             )
         }
@@ -871,10 +936,10 @@ public enum Benchmark {
     /// The rows as a table for people.
     public static func table(_ rows: [Row]) -> String {
         func ms(_ value: Double?) -> String { value.map { String(format: "%.0f", $0 * 1_000) } ?? "-" }
-        var lines = ["scenario            events    seconds  events/s  results/s  Finch calls  p50 ms  p95 ms  p99 ms  max ms  peak MiB  pass-through/s  ratio"]
+        var lines = ["scenario             events    seconds  events/s  results/s  Finch calls  p50 ms  p95 ms  p99 ms  max ms  peak MiB  pass-through/s  ratio"]
         for row in rows {
             lines.append([
-                row.scenario.padding(toLength: 18, withPad: " ", startingAt: 0),
+                row.scenario.padding(toLength: 19, withPad: " ", startingAt: 0),
                 String(format: "%7d", row.events), String(format: "%9.1f", row.seconds),
                 String(format: "%9.0f", row.eventsPerSecond), String(format: "%10.0f", row.resultsPerSecond),
                 String(format: "%12d", row.finchCalls),

@@ -88,20 +88,21 @@ struct Callgrind: Sendable {
         return try Self.totalInstructions(in: directory.appendingPathComponent(written[0]))
     }
 
-    /// Instructions in callgrind's output files named `prefix…` whose command is `command`.
-    func instructions(ofFilesNamed prefix: String, command: String) throws -> Int {
+    /// Instructions in callgrind's output files named `prefix…` whose command is `command`,
+    /// only those whose arguments include `argument` when it is given.
+    func instructions(ofFilesNamed prefix: String, command: String, argument: String? = nil) throws -> Int {
         var total = 0, files = 0
         for name in try FileManager.default.contentsOfDirectory(atPath: directory.path) where name.hasPrefix(prefix) {
             let file = directory.appendingPathComponent(name)
             let text = try String(contentsOf: file, encoding: .utf8)
             // "cmd:  /usr/bin/kcat -P …": the program, by the path it was started from.
-            let program = text.split(separator: "\n").first { $0.hasPrefix("cmd:") }?
-                .dropFirst("cmd:".count).split(separator: " ").first?.split(separator: "/").last
-            guard program.map(String.init) == command else { continue }
+            let words = text.split(separator: "\n").first { $0.hasPrefix("cmd:") }?.dropFirst("cmd:".count).split(separator: " ") ?? []
+            guard words.first?.split(separator: "/").last.map(String.init) == command else { continue }
+            if let argument, !words.dropFirst().contains(where: { $0 == argument }) { continue }
             total += try Self.totalInstructions(in: file)
             files += 1
         }
-        guard files > 0 else { throw EmbeddedStackError("callgrind wrote no counts for \(command)") }
+        guard files > 0 else { throw EmbeddedStackError("callgrind wrote no counts for \(command)\(argument.map { " " + $0 } ?? "")") }
         return total
     }
 
@@ -114,5 +115,33 @@ struct Callgrind: Sendable {
         throw EmbeddedStackError("no instruction total in \(file.path)")
     }
 
-    func remove() { try? FileManager.default.removeItem(at: directory) }
+    /// Runs `work` (which returns the seconds it measured) with the counts of the process
+    /// under callgrind zeroed before and read after, then reads what the process runs idle
+    /// per second over the next 10 s: its librdkafka and event loop timers, which the window
+    /// holds for every second it lasted, and it lasts longer the busier the machine is.
+    func window(pid: Int32, outputName name: String, _ work: () async throws -> Double) async throws -> (seconds: Double, instructions: Int, idlePerSecond: Double) {
+        try await zero(pid: pid)
+        let seconds = try await work()
+        let instructions = try await dump(pid: pid, outputName: name)
+        try await zero(pid: pid)
+        let idleStart = ContinuousClock.now
+        // A measurement period: nothing to wait for.
+        try await Task.sleep(for: .seconds(10))
+        let idle = try await dump(pid: pid, outputName: name)
+        return (seconds, instructions, Double(idle) / (ContinuousClock.now - idleStart).timeInterval)
+    }
+
+    /// Removes the stripped binaries and the preloaded library, and the whole directory
+    /// unless `keepCounts`: then the counts stay for `callgrind_annotate` (`worker.1` is the
+    /// measured window of the worker's).
+    func remove(keepCounts: Bool) {
+        guard keepCounts else {
+            try? FileManager.default.removeItem(at: directory)
+            return
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        where name.hasPrefix("finch-jobs") || name.hasPrefix("sigsuspend") {
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
+        }
+    }
 }

@@ -9,10 +9,10 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure throughput, latency and Finch calls on the embedded stack, against a bare librdkafka pass-through of the same records.",
-        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them; stream-process: the same with the worker as its own process), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate), calls (distinct W-4 keys, Finch latency 0, the worker as its own process: its CPU per Finch call, against kcat producing and copying the same records; calls-instructions: the same under valgrind --tool=callgrind, instructions per call against kcat's, not part of all), consume (our consumer against kcat), memory and memory-process (memory per remembered key). Build with -c release for meaningful figures."
+        discussion: "Scenarios: ingest (a duplicated backlog, Finch latency 0), stream (events produced while the worker runs, against kcat producing and copying them; stream-process: the same with the worker as its own process), fan-out (distinct connections at a fixed Finch latency), steady (a fixed input rate), calls (distinct W-4 keys, Finch latency 0, the worker as its own process: its CPU per Finch call, against kcat producing and copying the same records; calls-instructions: the same under valgrind --tool=callgrind, instructions per call against kcat's; stream-instructions: stream-process under callgrind, instructions per event against kcat's copy; neither is part of all), consume (our consumer against kcat), memory and memory-process (memory per remembered key). Build with -c release for meaningful figures."
     )
 
-    @Option(help: "Scenarios to run, comma-separated: ingest, stream, stream-process, fan-out, steady, calls, calls-instructions, consume, memory, memory-process, or all (every one but calls-instructions). (env FINCH_JOBS_SCENARIOS)")
+    @Option(help: "Scenarios to run, comma-separated: ingest, stream, stream-process, fan-out, steady, calls, calls-instructions, stream-instructions, consume, memory, memory-process, or all (every one but calls-instructions and stream-instructions). (env FINCH_JOBS_SCENARIOS)")
     var scenarios: String = "all"
 
     @Option(help: "ingest: events in the backlog. (env FINCH_JOBS_EVENTS)")
@@ -36,7 +36,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "calls: connections with 6 distinct W-4 keys each. (env FINCH_JOBS_CALL_CONNECTIONS)")
     var callConnections: Int = 2_000
 
-    @Option(help: "calls, calls-instructions, stream-process and memory-process: the finch-jobs binary whose worker is measured, e.g. an earlier build's; this one by default. (env FINCH_JOBS_WORKER_BINARY)")
+    @Option(help: "calls, stream-process, memory-process and the instruction counts: the finch-jobs binary whose worker is measured, e.g. an earlier build's; this one by default. (env FINCH_JOBS_WORKER_BINARY)")
     var workerBinary: String?
 
     @Option(help: "fan-out: Finch latency. (env FINCH_JOBS_FAN_OUT_LATENCY)")
@@ -59,6 +59,9 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(help: "consume: small records read back by our consumer and by kcat. (env FINCH_JOBS_CONSUME_RECORDS)")
     var consumeRecords: Int = 1_000_000
+
+    @Flag(help: "calls-instructions and stream-instructions: leave callgrind's counts in the directory the note names, for callgrind_annotate.")
+    var keepCallgrindCounts: Bool = false
 
     @Flag(help: "Print the figures as JSON. (env FINCH_JOBS_JSON)")
     var json: Bool = false
@@ -111,6 +114,7 @@ struct BenchCommand: AsyncParsableCommand {
         options.runs = runs
         options.partitions = partitions
         options.consumeRecords = consumeRecords
+        options.keepCallgrindCounts = keepCallgrindCounts
         let json = self.json
         let rows = try await Benchmark.run(options, logger: Logger(label: "finch-jobs")) { line in
             if !json { StandardOutput.line(line) }

@@ -80,6 +80,10 @@ import Testing
         try write("other.105", command: "/usr/bin/kcat -P", totals: 50_000_000)
         let callgrind = Callgrind(directory: directory, valgrind: "valgrind", callgrindControl: "callgrind_control")
         #expect(try callgrind.instructions(ofFilesNamed: "kcat.", command: "kcat") == 320_000)
+        // By an argument: the consumer alone, then the producer alone; a whole argument only.
+        #expect(try callgrind.instructions(ofFilesNamed: "kcat.", command: "kcat", argument: "-C") == 300_000)
+        #expect(try callgrind.instructions(ofFilesNamed: "kcat.", command: "kcat", argument: "-P") == 20_000)
+        #expect(throws: EmbeddedStackError.self) { try callgrind.instructions(ofFilesNamed: "kcat.", command: "kcat", argument: "-t t2") }
         #expect(try Callgrind.totalInstructions(in: directory.appendingPathComponent("kcat.104")) == 4_000_000)
         #expect(throws: EmbeddedStackError.self) { try callgrind.instructions(ofFilesNamed: "kcat.", command: "rdkafka") }
         try Data("no counts".utf8).write(to: directory.appendingPathComponent("empty"))
