@@ -37,13 +37,15 @@ struct Callgrind: Sendable {
             for folder in path.split(separator: ":") where FileManager.default.isExecutableFile(atPath: "\(folder)/\(tool)") {
                 return "\(folder)/\(tool)"
             }
-            throw EmbeddedStackError("calls-instructions needs \(tool) on the PATH (apt-get install \(package))")
+            throw EmbeddedStackError("counting instructions needs \(tool) on the PATH (apt-get install \(package))")
         }
         let valgrind = try find("valgrind", package: "valgrind")
         let control = try find("callgrind_control", package: "valgrind")
         let cc = try find("cc", package: "gcc")
         _ = try find("strip", package: "binutils")
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("finch-jobs-callgrind-\(getpid())")
+        // One directory per scenario: the kcat counts are added up by file name, and a
+        // scenario whose counts are kept must not find another's.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("finch-jobs-callgrind-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let source = directory.appendingPathComponent("sigsuspend.c")
         try Data(sigsuspendShim.utf8).write(to: source)
