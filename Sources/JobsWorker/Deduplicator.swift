@@ -10,6 +10,13 @@ import HeapModule
 /// Memory is bounded: remembered answers expire at their own deadline, and past `capacity`
 /// the answer that would expire first is evicted (never a call in flight, whose waiters must
 /// be answered). Joining a call in flight costs O(1); expiry and eviction O(log n).
+///
+/// With a decision log, it also knows which keys' newest record in the log is this
+/// replica's own decision: that record is this replica's to clear (a tombstone carrying its
+/// expiry) when it expires, unless another record for the key supersedes it first
+/// (``disown(_:)``). The mark is kept on the remembered answer, which has the same expiry,
+/// so an own decision costs no table of its own; only its deadline keeps the key's ids, for
+/// the tombstone.
 package struct Deduplicator<Waiter: Sendable>: Sendable {
     package enum Admission: Sendable {
         /// No answer is known: the caller must call Finch for this key, then ``complete``.
@@ -20,13 +27,16 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         case answered(JobAnswer, DecidedBy)
     }
 
-    /// A remembered answer in 32 bytes: its expiry, the job (see ``CompactJob``) and which
-    /// answer it is. Answers are rebuilt as ``JobAnswer`` only when an event needs one.
+    /// A remembered answer in 32 bytes: its expiry, the job (see ``CompactJob``), which
+    /// answer it is, and whether it is this replica's own decision (its deadline is then in
+    /// ``ownDeadlines``, not ``deadlines``). Answers are rebuilt as ``JobAnswer`` only when an
+    /// event needs one.
     private struct Remembered: Sendable {
         enum Kind: UInt8, Sendable { case reused, rateLimited, rateLimitedWithoutJob }
         let untilMilliseconds: Int64
         let job: CompactJob
         let kind: Kind
+        var own = false
     }
 
     /// A remembered key's deadline in the expiry heap. Entries are never removed from the
@@ -38,6 +48,14 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         static func < (lhs: Self, rhs: Self) -> Bool { lhs.untilMilliseconds < rhs.untilMilliseconds }
     }
 
+    /// An own decision's deadline, with the key's ids for its tombstone. Stale (skipped when
+    /// popped) once the key's own decision is another or none.
+    private struct OwnDeadline: Comparable, Sendable {
+        let untilMilliseconds: Int64
+        let key: CompactJobKey
+        static func < (lhs: Self, rhs: Self) -> Bool { lhs.untilMilliseconds < rhs.untilMilliseconds }
+    }
+
     package let reuseWindow: Duration
     package let capacity: Int
     /// Waiters per key in flight, the first event first. Appending mutates the array in place
@@ -45,11 +63,19 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     private var inFlight: [JobKey: [Waiter]] = [:]
     /// Remembered answers by key fingerprint: 16 bytes instead of the key's strings.
     private var remembered: [KeyFingerprint: Remembered] = [:]
+    /// Deadlines of remembered answers that are not own decisions.
     private var deadlines = Heap<Deadline>()
+    /// Deadlines of own decisions.
+    private var ownDeadlines = Heap<OwnDeadline>()
+    /// Own decisions whose answer left memory before their expiry's tombstone was written
+    /// (expired before the tick, evicted, or replaced by an answer that is not own), until when.
+    private var ownForgotten: [KeyFingerprint: Int64] = [:]
     /// Keys another replica is calling Finch for (from the decision log), until when. While
     /// a key is here and in ``inFlight``, its waiters wait for that replica's decision.
     private var elsewhere: [JobKey: Int64] = [:]
     private var jobs = CompactJob.Table()
+    /// Remembered answers that are own decisions: they do not count against the capacity.
+    private var ownRemembered = 0
     /// Remembered answers evicted by the capacity bound, since the start.
     package private(set) var evictions = 0
 
@@ -148,9 +174,12 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     }
 
     /// Records Finch's answer for `key` and returns every waiter it answers (the first event
-    /// first, then all that joined).
-    package mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date) -> [Waiter] {
-        guard let waiters = inFlight.removeValue(forKey: key) else { return [] }
+    /// first, then all that joined). `own`: the answer, when remembered, is also this
+    /// replica's decision in the log, to clear at its expiry (see ``expire(now:)``).
+    /// An answer for a key no longer in flight (its events were answered meanwhile) is
+    /// remembered all the same: it is Finch's, and with `own` its record is in the log.
+    package mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date, own: Bool = false) -> [Waiter] {
+        let waiters = inFlight.removeValue(forKey: key) ?? []
         let fingerprint = KeyFingerprint(key)
         // An older memory of the key (only expired ones can be left) goes first, side table
         // entry included, so it cannot take the new answer's entry with it.
@@ -159,10 +188,10 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         case .created(let job), .reused(let job):
             // Later events did not create the job: for them it is reused.
             let until = now.addingTimeInterval(reuseWindow.timeInterval).milliseconds
-            remember(fingerprint, Remembered(untilMilliseconds: until, job: jobs.compact(job, for: fingerprint), kind: .reused))
+            remember(fingerprint, Remembered(untilMilliseconds: until, job: jobs.compact(job, for: fingerprint), kind: .reused), ownKey: own ? key : nil)
         case .rateLimited(let retryAt, let lastJob) where retryAt > now:
             let job = lastJob.map { jobs.compact($0, for: fingerprint) } ?? CompactJob.none
-            remember(fingerprint, Remembered(untilMilliseconds: retryAt.milliseconds, job: job, kind: lastJob == nil ? .rateLimitedWithoutJob : .rateLimited))
+            remember(fingerprint, Remembered(untilMilliseconds: retryAt.milliseconds, job: job, kind: lastJob == nil ? .rateLimitedWithoutJob : .rateLimited), ownKey: own ? key : nil)
         case .rateLimited, .failed:
             // Failures are not remembered: the next event tries again.
             break
@@ -186,12 +215,14 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     /// been read from the log (``restoreDecision(_:answer:until:now:)`` remembers it beside
     /// the call): when that memory answers the key now, the call is not made. Returns the
     /// answer and the waiters it answers (the call is over), or `nil` to make the call.
-    package mutating func answeredMeanwhile(_ key: JobKey, now: Date) -> (answer: JobAnswer, decidedBy: DecidedBy, until: Date, waiters: [Waiter])? {
+    /// `own`: the answer is written to the log again as this replica's decision.
+    package mutating func answeredMeanwhile(_ key: JobKey, now: Date, own: Bool = false) -> (answer: JobAnswer, decidedBy: DecidedBy, until: Date, waiters: [Waiter])? {
         guard inFlight[key] != nil else { return nil }
         let fingerprint = KeyFingerprint(key)
         guard let memory = remembered[fingerprint], now.milliseconds < memory.untilMilliseconds,
               case .answered(let answer, let decidedBy) = answer(memory, fingerprint: fingerprint) else { return nil }
         elsewhere[key] = nil
+        if own { markOwn(fingerprint, key: key, memory: memory) }
         return (answer, decidedBy, Date(milliseconds: memory.untilMilliseconds), inFlight.removeValue(forKey: key) ?? [])
     }
 
@@ -204,28 +235,102 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         return inFlight.removeValue(forKey: key) ?? []
     }
 
+    // MARK: - Own decisions
+
+    /// The log's newest record for `key` is not this replica's decision any more (another
+    /// replica's record, or this replica's in-flight record for a new call, supersedes it):
+    /// its expiry writes no tombstone, which would clear the newer record.
+    package mutating func disown(_ key: JobKey) {
+        let fingerprint = KeyFingerprint(key)
+        if !ownForgotten.isEmpty { ownForgotten[fingerprint] = nil }
+        guard ownRemembered > 0, let memory = remembered[fingerprint], memory.own else { return }
+        remembered[fingerprint]!.own = false
+        ownRemembered -= 1
+        deadlines.insert(Deadline(untilMilliseconds: memory.untilMilliseconds, key: fingerprint))
+    }
+
+    /// Own decisions waiting for their tombstone (remembered or not).
+    package var ownDecisions: Int { ownRemembered + ownForgotten.count }
+
+    private mutating func markOwn(_ fingerprint: KeyFingerprint, key: JobKey, memory: Remembered) {
+        if !ownForgotten.isEmpty { ownForgotten[fingerprint] = nil }
+        if !memory.own {
+            remembered[fingerprint]!.own = true  // its entry in `deadlines` is now stale
+            ownRemembered += 1
+        }
+        ownDeadlines.insert(OwnDeadline(untilMilliseconds: memory.untilMilliseconds, key: CompactJobKey(key)))
+        compactOwnDeadlinesIfStale()
+    }
+
+    /// Whether `deadline` is still its key's own decision; if so it is taken (its answer
+    /// dropped from memory, whose deadline it is too), and its tombstone is the caller's to write.
+    private mutating func takeOwnDecision(_ deadline: OwnDeadline, fingerprint: KeyFingerprint) -> Bool {
+        if let memory = remembered[fingerprint], memory.own, memory.untilMilliseconds == deadline.untilMilliseconds {
+            drop(fingerprint)
+            return true
+        }
+        if ownForgotten[fingerprint] == deadline.untilMilliseconds {
+            ownForgotten[fingerprint] = nil
+            return true
+        }
+        return false
+    }
+
+    private func isOwnDecision(_ deadline: OwnDeadline, fingerprint: KeyFingerprint) -> Bool {
+        if let memory = remembered[fingerprint], memory.own, memory.untilMilliseconds == deadline.untilMilliseconds { return true }
+        return ownForgotten[fingerprint] == deadline.untilMilliseconds
+    }
+
+    // MARK: - Expiry and memory
+
     /// Drops remembered answers that expired by `now`, each at its own deadline, and gives
     /// memory back after a burst: storage far larger than what is left is rebuilt smaller.
-    package mutating func expire(now: Date) {
+    /// Returns the own decisions that expired, each once, with its expiry: their records are
+    /// this replica's to clear from the log.
+    @discardableResult
+    package mutating func expire(now: Date) -> [(key: JobKey, expired: Date)] {
         let now = now.milliseconds
+        var expiredOwn: [(key: JobKey, expired: Date)] = []
+        while let first = ownDeadlines.min, first.untilMilliseconds <= now {
+            _ = ownDeadlines.removeMin()
+            let key = first.key.key
+            if takeOwnDecision(first, fingerprint: KeyFingerprint(key)) {
+                expiredOwn.append((key, Date(milliseconds: first.untilMilliseconds)))
+            }
+        }
         while let first = deadlines.min, first.untilMilliseconds <= now {
             _ = deadlines.removeMin()
-            if let memory = remembered[first.key], memory.untilMilliseconds <= now { forget(first.key) }
+            if let memory = remembered[first.key], !memory.own, memory.untilMilliseconds <= now { forget(first.key) }
         }
         if remembered.capacity > 1_024, remembered.count < remembered.capacity / 4 {
             remembered = Dictionary(uniqueKeysWithValues: remembered.map { ($0.key, $0.value) })
             compactDeadlines()
+            compactOwnDeadlines()
             jobs.shrink()
         }
+        if ownForgotten.capacity > 1_024, ownForgotten.count < ownForgotten.capacity / 4 {
+            ownForgotten = Dictionary(uniqueKeysWithValues: ownForgotten.map { ($0.key, $0.value) })
+        }
+        return expiredOwn
     }
 
-    private mutating func remember(_ fingerprint: KeyFingerprint, _ memory: Remembered) {
+    private mutating func remember(_ fingerprint: KeyFingerprint, _ memory: Remembered, ownKey: JobKey? = nil) {
+        var memory = memory
+        memory.own = ownKey != nil
         remembered[fingerprint] = memory
-        deadlines.insert(Deadline(untilMilliseconds: memory.untilMilliseconds, key: fingerprint))
+        if let ownKey {
+            ownRemembered += 1
+            if !ownForgotten.isEmpty { ownForgotten[fingerprint] = nil }
+            ownDeadlines.insert(OwnDeadline(untilMilliseconds: memory.untilMilliseconds, key: CompactJobKey(ownKey)))
+            compactOwnDeadlinesIfStale()
+        } else {
+            deadlines.insert(Deadline(untilMilliseconds: memory.untilMilliseconds, key: fingerprint))
+        }
         // Past capacity, evict the answer that expires first: it is the least useful.
-        // Calls in flight do not count: they are not memory that can be given up.
-        while remembered.count > capacity, let first = deadlines.popMin() {
-            guard let memory = remembered[first.key], memory.untilMilliseconds == first.untilMilliseconds else { continue }
+        // Calls in flight do not count: they are not memory that can be given up. Nor do own
+        // decisions: their tombstones are owed, and this replica's calls bound their number.
+        while remembered.count - ownRemembered > capacity, let first = deadlines.popMin() {
+            guard let memory = remembered[first.key], !memory.own, memory.untilMilliseconds == first.untilMilliseconds else { continue }
             forget(first.key)
             evictions += 1
         }
@@ -233,13 +338,35 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         if deadlines.count > 2 * capacity + 64 { compactDeadlines() }
     }
 
+    /// Forgets a remembered answer. An own decision's tombstone is still owed: its expiry is
+    /// kept in ``ownForgotten`` until its deadline comes.
     private mutating func forget(_ fingerprint: KeyFingerprint) {
-        remembered[fingerprint] = nil
+        if let memory = remembered[fingerprint], memory.own { ownForgotten[fingerprint] = memory.untilMilliseconds }
+        drop(fingerprint)
+    }
+
+    private mutating func drop(_ fingerprint: KeyFingerprint) {
+        if let memory = remembered.removeValue(forKey: fingerprint), memory.own { ownRemembered -= 1 }
         jobs.release(for: fingerprint)
     }
 
     private mutating func compactDeadlines() {
-        deadlines = Heap(remembered.map { Deadline(untilMilliseconds: $0.value.untilMilliseconds, key: $0.key) })
+        deadlines = Heap(remembered.compactMap { $0.value.own ? nil : Deadline(untilMilliseconds: $0.value.untilMilliseconds, key: $0.key) })
+    }
+
+    /// Stale own deadlines (keys disowned or decided again since) are bounded by the live
+    /// ones: O(1) an insert, amortized.
+    private mutating func compactOwnDeadlinesIfStale() {
+        if ownDeadlines.count > 2 * ownDecisions + 1_024 { compactOwnDeadlines() }
+    }
+
+    /// Keeps one deadline per own decision, the one that is still its.
+    private mutating func compactOwnDeadlines() {
+        var kept = Set<KeyFingerprint>(minimumCapacity: ownDecisions)
+        ownDeadlines = Heap(ownDeadlines.unordered.filter { deadline in
+            let fingerprint = KeyFingerprint(deadline.key.key)
+            return isOwnDecision(deadline, fingerprint: fingerprint) && kept.insert(fingerprint).inserted
+        })
     }
 }
 

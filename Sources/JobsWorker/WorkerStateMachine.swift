@@ -1,6 +1,5 @@
 import FinchAPI
 import Foundation
-import HeapModule
 import Kafka
 
 /// An admitted event waiting for its answer.
@@ -120,66 +119,6 @@ struct WorkerStateMachine: Sendable {
         case fetchJob(CompletionTracker.Fetch, events: [PendingEvent])
     }
 
-    /// The decisions this process wrote that are still live: it writes their tombstones.
-    /// Kept for every key this process decided, for as long as the reuse window: the key as
-    /// a fingerprint in the table (24 bytes a key) and compact in the expiry heap (56 bytes),
-    /// not as two heap strings in each.
-    private struct OwnDecisions: Sendable {
-        struct Expiry: Comparable, Sendable {
-            let untilMilliseconds: Int64
-            let key: CompactJobKey
-            static func < (lhs: Self, rhs: Self) -> Bool { lhs.untilMilliseconds < rhs.untilMilliseconds }
-        }
-        /// Each key's newest decision's expiry; an expiry in the heap that differs was superseded.
-        private var until: [KeyFingerprint: Int64] = [:]
-        private var expiries = Heap<Expiry>()
-
-        mutating func insert(_ key: JobKey, until date: Date) {
-            until[KeyFingerprint(key)] = date.milliseconds
-            expiries.insert(Expiry(untilMilliseconds: date.milliseconds, key: CompactJobKey(key)))
-            // Superseded expiries are dropped when they come due; rebuild if they pile up
-            // (after at least as many inserts as live keys: O(1) an insert, amortized).
-            if expiries.count > 2 * until.count + 1_024 { dropSuperseded() }
-        }
-
-        /// Keeps one expiry per live key, its newest decision's.
-        private mutating func dropSuperseded() {
-            var kept = Set<KeyFingerprint>(minimumCapacity: until.count)
-            expiries = Heap(expiries.unordered.filter { expiry in
-                let fingerprint = KeyFingerprint(expiry.key.key)
-                return until[fingerprint] == expiry.untilMilliseconds && kept.insert(fingerprint).inserted
-            })
-        }
-
-        /// The key's decision is not this process's to clear any more.
-        mutating func remove(_ key: JobKey) {
-            guard !until.isEmpty else { return }
-            until[KeyFingerprint(key)] = nil
-        }
-
-        /// The keys whose decision expired by `now`, with that expiry.
-        mutating func expire(now: Date) -> [(JobKey, Date)] {
-            var expired: [(JobKey, Date)] = []
-            let now = now.milliseconds
-            while let first = expiries.min, first.untilMilliseconds <= now {
-                _ = expiries.removeMin()
-                let key = first.key.key
-                let fingerprint = KeyFingerprint(key)
-                if until[fingerprint] == first.untilMilliseconds {
-                    until[fingerprint] = nil
-                    expired.append((key, Date(milliseconds: first.untilMilliseconds)))
-                }
-            }
-            // Give memory back after a burst, as the deduplicator does: the table, and the
-            // heap's storage (which keeps its peak size as it empties).
-            if until.capacity > 1_024, until.count < until.capacity / 4 {
-                until = Dictionary(uniqueKeysWithValues: until.map { ($0.key, $0.value) })
-                dropSuperseded()
-            }
-            return expired
-        }
-    }
-
     private struct RevokeDrain: Sendable {
         let id: UInt64
         let partitions: [TopicPartition]
@@ -194,7 +133,6 @@ struct WorkerStateMachine: Sendable {
     private var fetchingVersion: UInt64 = 0
     /// The reason the worker failed, once it did.
     private(set) var failure: String?
-    private var own = OwnDecisions()
     private var holds = DecisionHolds()
     /// Decisions read from the log and applied, since the start.
     private(set) var decisionsRestored = 0
@@ -378,7 +316,10 @@ struct WorkerStateMachine: Sendable {
     /// that joined it. When the first event's partition was revoked meanwhile, the first
     /// event still assigned gets the answer as Finch gave it.
     mutating func callFinished(_ key: JobKey, answer: JobAnswer, decidedBy: DecidedBy = .finch, finch: FinchEnqueueResult?, attempts: Int, now: Date) -> [Action] {
-        let waiters = dedup.complete(key, with: answer, now: now).filter { tracker.isCurrent($0.position) }
+        // A call made with a decision log writes the answer as this replica's decision,
+        // which the deduplicator then knows to clear at its expiry.
+        let writesDecision = configuration.decisionLog != nil && attempts > 0
+        let waiters = dedup.complete(key, with: answer, now: now, own: writesDecision).filter { tracker.isCurrent($0.position) }
         var announcing: [Action] = []
         if let first = waiters.first {
             if decidedBy == .local {
@@ -395,14 +336,12 @@ struct WorkerStateMachine: Sendable {
         switch answer {
         case .created(let job), .reused(let job):
             let until = now.addingTimeInterval(configuration.reuseWindow.timeInterval)
-            own.insert(key, until: until)
             state = .job(job, until: until)
             if completions?.track(jobID: job.jobID, connectionID: key.connectionID, now: now) == true, let pollAt = completions?.pollAt(of: job.jobID) {
                 let record = CompletionRecord(jobID: job.jobID, connectionID: key.connectionID, key: key, state: .awaiting(pollAt: pollAt), replica: log.replicaID)
                 awaiting = [.recordDecision(.completion(record), hold: nil)]
             }
         case .rateLimited(let retryAt, let lastJob) where retryAt > now:
-            own.insert(key, until: retryAt)
             state = .rateLimited(retryAt: retryAt, lastJob: lastJob)
         case .rateLimited, .failed:
             // Nothing to remember: clear the call's in-flight record; the results need not wait.
@@ -475,20 +414,20 @@ struct WorkerStateMachine: Sendable {
             let key = decision.key
             switch decision.state {
             case .inFlight(let until):
-                own.remove(key)
+                dedup.disown(key)
                 if until > now {
                     dedup.restoreCallElsewhere(key, until: until, now: now)
                 } else if startup {
                     actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), hold: nil))
                 }
             case .job(let job, let until):
-                own.remove(key)
+                dedup.disown(key)
                 actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: .reused(job), until: until, now: now), answer: .reused(job), now: now)
                 if until <= now, startup {
                     actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: until), replica: log.replicaID)), hold: nil))
                 }
             case .rateLimited(let retryAt, let lastJob):
-                own.remove(key)
+                dedup.disown(key)
                 let answer = JobAnswer.rateLimited(retryAt: retryAt, lastJob: lastJob)
                 actions += answerWaitingElsewhere(key, dedup.restoreDecision(key, answer: answer, until: retryAt, now: now), answer: answer, now: now)
                 if retryAt <= now, startup {
@@ -538,8 +477,9 @@ struct WorkerStateMachine: Sendable {
     /// again under this replica's id, so compaction cannot leave the in-flight record for a
     /// replica that starts later to wait on, and then call.
     mutating func attemptStarting(_ key: JobKey, attemptsMade: Int = 0, now: Date) -> [Action]? {
-        guard let (answer, decidedBy, until, waiters) = dedup.answeredMeanwhile(key, now: now) else {
-            own.remove(key)
+        let writesAgain = attemptsMade > 0 && configuration.decisionLog != nil
+        guard let (answer, decidedBy, until, waiters) = dedup.answeredMeanwhile(key, now: now, own: writesAgain) else {
+            dedup.disown(key)
             return nil
         }
         let current = waiters.filter { tracker.isCurrent($0.position) }
@@ -551,7 +491,6 @@ struct WorkerStateMachine: Sendable {
             case .failed: nil
             }
             if let state {
-                own.insert(key, until: until)
                 actions.insert(.recordDecision(.decision(Decision(key: key, state: state, replica: log.replicaID)), hold: nil), at: 0)
             }
         }
@@ -689,7 +628,7 @@ struct WorkerStateMachine: Sendable {
     /// Expires remembered answers, clears this process's expired decisions from the log,
     /// and calls for the keys whose wait for another replica's call passed its deadline.
     mutating func tick(now: Date) -> [Action] {
-        dedup.expire(now: now)
+        let expiredOwn = dedup.expire(now: now)
         var actions = callsForCurrentWaiters(dedup.expireCallsElsewhere(now: now))
         if completions != nil, let settings = configuration.completions {
             // Mutated in place (a copy would copy its dictionaries under the lock).
@@ -708,7 +647,7 @@ struct WorkerStateMachine: Sendable {
             actions += fetches.map { .fetchJob($0, events: []) }
         }
         if let log = configuration.decisionLog {
-            for (key, expired) in own.expire(now: now) {
+            for (key, expired) in expiredOwn {
                 actions.append(.recordDecision(.decision(Decision(key: key, state: .cleared(until: expired), replica: log.replicaID)), hold: nil))
             }
         }

@@ -159,4 +159,111 @@ struct DeduplicatorTests {
         }
         #expect(dedup.evictions == 0)
     }
+
+    // MARK: - Own decisions (the decision log's tombstones)
+
+    /// Calls for `key` at `now` and completes it with `answer`.
+    private func decide(_ dedup: inout Deduplicator<String>, _ key: JobKey, _ answer: JobAnswer, now: Date, own: Bool) {
+        _ = dedup.admit(key, waiter: "e", now: now)
+        _ = dedup.complete(key, with: answer, now: now, own: own)
+    }
+
+    @Test("An own decision expires once, with its key exactly as it came and its expiry; an answer that is not own expires without one")
+    func ownDecisionExpires() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
+        let other = JobKey(connectionID: "c-2", individualID: nil)
+        decide(&dedup, w4, .created(job), now: t0, own: true)
+        decide(&dedup, other, .created(job), now: t0, own: false)
+        decide(&dedup, key, .rateLimited(retryAt: t0 + 30, lastJob: nil), now: t0, own: true)
+        #expect(dedup.ownDecisions == 2)
+        #expect(dedup.expire(now: t0 + 29).isEmpty)
+        let quota = dedup.expire(now: t0 + 30)
+        #expect(quota.map(\.key) == [key] && quota.map(\.expired) == [t0 + 30])
+        let reuse = dedup.expire(now: t0 + 60)
+        #expect(reuse.map(\.key) == [w4] && reuse.map(\.expired) == [t0 + 60])
+        #expect(dedup.count == 0 && dedup.ownDecisions == 0)
+        #expect(dedup.expire(now: t0 + 120).isEmpty, "each expires once")
+    }
+
+    @Test("A disowned decision writes no tombstone, and its answer still expires at its deadline")
+    func disownedDecision() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
+        decide(&dedup, w4, .created(job), now: t0, own: true)
+        dedup.disown(w4)
+        #expect(dedup.ownDecisions == 0)
+        guard case .answered(.reused(job), .reuseWindow) = dedup.admit(w4, waiter: "e-2", now: t0 + 1) else {
+            Issue.record("the answer is still remembered"); return
+        }
+        #expect(dedup.expire(now: t0 + 60).isEmpty)
+        #expect(dedup.count == 0, "the answer went at its own deadline")
+    }
+
+    @Test("An own decision whose answer left memory before its expiry still gets its tombstone, once, at its expiry")
+    func ownDecisionForgottenEarly() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
+        decide(&dedup, w4, .created(job), now: t0, own: true)
+        // Past the window, before the tick: the event calls, which forgets the answer; the
+        // call fails (nothing new remembered, no record of its own replaces the decision).
+        guard case .call = dedup.admit(w4, waiter: "late", now: t0 + 61) else { Issue.record("expired: a call"); return }
+        _ = dedup.complete(w4, with: .failed(.retriesExhausted, message: "x"), now: t0 + 61)
+        #expect(dedup.count == 0 && dedup.ownDecisions == 1)
+        #expect(dedup.expire(now: t0 + 62).map(\.key) == [w4])
+        #expect(dedup.ownDecisions == 0)
+        // An answer that is not own (decided without a call) replacing an expired own one
+        // leaves that one's tombstone owed too.
+        decide(&dedup, key, .created(job), now: t0, own: true)
+        decide(&dedup, key, .created(job), now: t0 + 61, own: false)
+        let expired = dedup.expire(now: t0 + 200)
+        #expect(expired.map(\.key) == [key] && expired.map(\.expired) == [t0 + 60])
+    }
+
+    @Test("A key decided again as its own gets one tombstone, for the newest decision; another replica's answer written again is own")
+    func ownDecisionDecidedAgain() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
+        decide(&dedup, w4, .created(job), now: t0, own: true)
+        dedup.disown(w4)  // the next call's in-flight record supersedes it
+        decide(&dedup, w4, .created(job), now: t0 + 70, own: true)
+        #expect(dedup.expire(now: t0 + 100).isEmpty, "the first decision was superseded")
+        // Another replica's answer arrives while a retry waits; this replica writes it again
+        // as its own: one tombstone at its expiry.
+        _ = dedup.admit(key, waiter: "k", now: t0 + 100)
+        _ = dedup.restoreDecision(key, answer: .reused(job), until: t0 + 150, now: t0 + 100)
+        #expect(dedup.answeredMeanwhile(key, now: t0 + 101, own: true)?.waiters == ["k"])
+        #expect(dedup.expire(now: t0 + 149).map(\.key) == [w4], "the newest decision for w4, at t0 + 130")
+        let expired = dedup.expire(now: t0 + 150)
+        #expect(expired.map(\.key) == [key] && expired.map(\.expired) == [t0 + 150])
+    }
+
+    @Test("Own decisions are not evicted past capacity and do not count against it: their tombstones are owed")
+    func ownDecisionsNotEvicted() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 2)
+        for n in 0..<4 { decide(&dedup, JobKey(connectionID: "own-\(n)", individualID: nil), .created(job), now: t0, own: true) }
+        for n in 0..<3 { decide(&dedup, JobKey(connectionID: "other-\(n)", individualID: nil), .created(job), now: t0 + TimeInterval(n), own: false) }
+        #expect(dedup.evictions == 1, "only the answers that are not own count: three against two")
+        for n in 0..<4 {
+            guard case .answered = dedup.admit(JobKey(connectionID: "own-\(n)", individualID: nil), waiter: "x", now: t0 + 5) else {
+                Issue.record("own decision \(n) is remembered"); return
+            }
+        }
+        #expect(Set(dedup.expire(now: t0 + 60).map(\.key.connectionID)) == ["own-0", "own-1", "own-2", "own-3"])
+    }
+
+    @Test("Many decisions superseded by new calls leave their memory bounded, and expire without tombstones", .timeLimit(.minutes(1)))
+    func supersededOwnDecisions() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100_000)
+        // Each round calls again for every key once its answer expired (no tick between), and
+        // the new call's in-flight record supersedes the decision before.
+        for round in 0..<30 {
+            for n in 0..<1_000 {
+                let key = JobKey(connectionID: "c-\(n)", individualID: nil)
+                dedup.disown(key)
+                decide(&dedup, key, .created(job), now: t0 + TimeInterval(61 * round), own: true)
+            }
+        }
+        #expect(dedup.ownDecisions == 1_000)
+        let last = t0 + TimeInterval(61 * 29 + 60)
+        #expect(dedup.expire(now: last - 1).isEmpty, "the superseded decisions expire without tombstones")
+        let expired = dedup.expire(now: last)
+        #expect(expired.count == 1_000 && Set(expired.map(\.expired)) == [last], "one each, the newest")
+    }
 }
