@@ -92,3 +92,56 @@ struct CompactJobKey: Hashable, Sendable {
         JobKey(connectionID: connection.description, individualID: individual?.description)
     }
 }
+
+/// A table keyed by ``CompactID`` at 16 bytes a key: a `CompactID` takes 24 as a table's key
+/// (its tag, then its alignment), so Finch's UUID-shaped ids are keys as their 16 bytes, and
+/// ids of any other shape as text in a second table.
+struct CompactIDTable<Value: Sendable>: Sendable, Sequence {
+    private var uuids: [UUID: Value] = [:]
+    private var texts: [String: Value] = [:]
+
+    var count: Int { uuids.count + texts.count }
+    var isEmpty: Bool { uuids.isEmpty && texts.isEmpty }
+
+    subscript(id: CompactID) -> Value? {
+        get {
+            switch id {
+            case .uuid(let uuid): uuids[uuid]
+            case .text(let text): texts[text]
+            }
+        }
+        _modify {
+            switch id {
+            case .uuid(let uuid): yield &uuids[uuid]
+            case .text(let text): yield &texts[text]
+            }
+        }
+    }
+
+    @discardableResult
+    mutating func removeValue(forKey id: CompactID) -> Value? {
+        switch id {
+        case .uuid(let uuid): uuids.removeValue(forKey: uuid)
+        case .text(let text): texts.removeValue(forKey: text)
+        }
+    }
+
+    /// Removes the entries `shouldRemove` picks; the storage left is sized for what remains.
+    mutating func removeAll(where shouldRemove: (Value) -> Bool) {
+        uuids = uuids.filter { !shouldRemove($0.value) }
+        if !texts.isEmpty { texts = texts.filter { !shouldRemove($0.value) } }
+    }
+
+    struct Iterator: IteratorProtocol {
+        fileprivate var uuids: Dictionary<UUID, Value>.Iterator
+        fileprivate var texts: Dictionary<String, Value>.Iterator
+
+        mutating func next() -> (id: CompactID, value: Value)? {
+            if let (uuid, value) = uuids.next() { return (.uuid(uuid), value) }
+            if let (text, value) = texts.next() { return (.text(text), value) }
+            return nil
+        }
+    }
+
+    func makeIterator() -> Iterator { Iterator(uuids: uuids.makeIterator(), texts: texts.makeIterator()) }
+}

@@ -61,11 +61,11 @@ struct CompletionTracker: Sendable {
     }
 
     let configuration: Configuration
-    /// Jobs awaited, by job id. Ids are kept as ``CompactID``s: every created job is here
+    /// Jobs awaited, by job id (16 bytes for Finch's UUIDs): every created job is here
     /// until it completes, then in ``reported`` for a day.
-    private(set) var awaited: [CompactID: Awaited] = [:]
+    private(set) var awaited = CompactIDTable<Awaited>()
     private(set) var connections = ConnectionTable()
-    private var reported: [CompactID: Reported] = [:]
+    private var reported = CompactIDTable<Reported>()
     private var seenEvents: [String: Date] = [:]
 
     init(configuration: Configuration) {
@@ -176,7 +176,7 @@ struct CompletionTracker: Sendable {
         var cleared: [String] = []
         if !reported.isEmpty {
             for (id, job) in reported where job.until <= now && job.own { cleared.append(id.description) }
-            reported = reported.filter { $0.value.until > now }
+            reported.removeAll { $0.until <= now }
         }
         if !seenEvents.isEmpty { seenEvents = seenEvents.filter { $0.value > now } }
         return cleared

@@ -51,4 +51,24 @@ struct CompactIDTests {
         for key in keys { #expect(CompactJobKey(key).key == key) }
         #expect(MemoryLayout<CompactJobKey>.size <= 48)
     }
+
+    @Test("A table keyed by ids finds, changes in place, lists and removes entries whichever way their ids are kept")
+    func table() {
+        let uuid = "3f0c1a52-7b8e-4d2a-9c61-0e5b7a1d9f24"
+        let ids = [CompactID(uuid), CompactID(uuid.uppercased()), CompactID("job-7"), CompactID("")]
+        var table = CompactIDTable<Int>()
+        #expect(table.isEmpty)
+        for (n, id) in ids.enumerated() { table[id] = n }
+        #expect(table.count == 4)
+        #expect(ids.map { table[$0] } == [0, 1, 2, 3], "the UUID and its uppercase spelling are different ids")
+        table[CompactID("job-7")]? += 10
+        table[CompactID(uuid)]? += 10
+        #expect(table[CompactID("job-7")] == 12 && table[CompactID(uuid)] == 10)
+        #expect(Dictionary(uniqueKeysWithValues: table.map { ($0.id.description, $0.value) }) == [uuid: 10, uuid.uppercased(): 1, "job-7": 12, "": 3])
+        #expect(table.removeValue(forKey: CompactID(uuid)) == 10 && table[CompactID(uuid)] == nil)
+        #expect(table.removeValue(forKey: CompactID(uuid)) == nil)
+        table.removeAll { $0 > 2 }
+        #expect(Set(table.map(\.id.description)) == [uuid.uppercased()])
+        #expect(MemoryLayout<UUID>.stride == 16, "a UUID-shaped id is a 16-byte key")
+    }
 }
