@@ -27,17 +27,32 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         case answered(JobAnswer, DecidedBy)
     }
 
-    /// A remembered answer in 32 bytes: its expiry, the job (see ``CompactJob``), which
+    /// A remembered answer in 28 bytes: its expiry, the job (see ``CompactJob``), which
     /// answer it is, and whether it is this replica's own decision (its deadline is then in
     /// ``ownDeadlines``, not ``deadlines``). Answers are rebuilt as ``JobAnswer`` only when an
-    /// event needs one.
+    /// event needs one. The expiry is kept as two 32-bit halves: an `Int64` field would align
+    /// the entry to 8 bytes and make it 32.
     private struct Remembered: Sendable {
         enum Kind: UInt8, Sendable { case reused, rateLimited, rateLimitedWithoutJob }
-        let untilMilliseconds: Int64
+        private let untilHigh: Int32
+        private let untilLow: UInt32
         let job: CompactJob
         let kind: Kind
         var own = false
+
+        init(untilMilliseconds: Int64, job: CompactJob, kind: Kind) {
+            untilHigh = Int32(truncatingIfNeeded: untilMilliseconds >> 32)
+            untilLow = UInt32(truncatingIfNeeded: untilMilliseconds)
+            self.job = job
+            self.kind = kind
+        }
+
+        var untilMilliseconds: Int64 { Int64(untilHigh) << 32 | Int64(untilLow) }
     }
+
+    /// Bytes a remembered answer takes in its table, fingerprint included (the table's slots
+    /// are this size; Swift's tables keep a quarter to five eighths of them free).
+    package static var bytesPerRememberedAnswer: Int { MemoryLayout<KeyFingerprint>.stride + MemoryLayout<Remembered>.stride }
 
     /// A remembered key's deadline in the expiry heap. Entries are never removed from the
     /// heap when a key is answered again: a popped entry whose deadline no longer matches the
@@ -389,7 +404,7 @@ struct KeyFingerprint: Hashable, Sendable {
     }
 }
 
-/// A Finch job reference in 20 bytes. Finch's job ids are lowercase UUIDs and its job URLs
+/// A Finch job reference in 18 bytes. Finch's job ids are lowercase UUIDs and its job URLs
 /// are a common prefix followed by the id: the id is kept as 16 bytes and the prefix as an
 /// index into a table of the few prefixes seen. A reference of any other shape is kept whole
 /// in a side table, keyed by the key that remembers it.
@@ -397,16 +412,16 @@ struct CompactJob: Sendable {
     let id: UUID
     /// Index into ``Table/prefixes``; `noURL` when Finch sent no URL, `sideTable` when the
     /// reference did not have the usual shape.
-    let prefix: UInt32
+    let prefix: UInt16
 
-    static let noURL = UInt32.max
-    static let sideTable = UInt32.max - 1
+    static let noURL = UInt16.max
+    static let sideTable = UInt16.max - 1
     static let zeroID = UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
     static let none = CompactJob(id: zeroID, prefix: noURL)
 
     struct Table: Sendable {
         private(set) var prefixes: [String] = []
-        private var prefixIndex: [String: UInt32] = [:]
+        private var prefixIndex: [String: UInt16] = [:]
         private var others: [KeyFingerprint: FinchJobReference] = [:]
 
         mutating func compact(_ job: FinchJobReference, for key: KeyFingerprint) -> CompactJob {
@@ -418,8 +433,8 @@ struct CompactJob: Sendable {
                     let prefix = String(url.dropLast(job.jobID.utf8.count))
                     if let index = prefixIndex[prefix] { return CompactJob(id: id, prefix: index) }
                     prefixes.append(prefix)
-                    prefixIndex[prefix] = UInt32(prefixes.count - 1)
-                    return CompactJob(id: id, prefix: UInt32(prefixes.count - 1))
+                    prefixIndex[prefix] = UInt16(prefixes.count - 1)
+                    return CompactJob(id: id, prefix: UInt16(prefixes.count - 1))
                 }
             }
             others[key] = job

@@ -1,6 +1,6 @@
 import FinchAPI
 import Foundation
-import JobsWorker
+@testable import JobsWorker
 import Testing
 
 @Suite("Deduplicator")
@@ -265,5 +265,21 @@ struct DeduplicatorTests {
         #expect(dedup.expire(now: last - 1).isEmpty, "the superseded decisions expire without tombstones")
         let expired = dedup.expire(now: last)
         #expect(expired.count == 1_000 && Set(expired.map(\.expired)) == [last], "one each, the newest")
+    }
+
+    @Test("A remembered answer takes 44 bytes of its table's slot, and its expiry is exact to the millisecond, years away too")
+    func compactAnswers() {
+        #expect(Deduplicator<String>.bytesPerRememberedAnswer == 44)
+        for retryAt in [t0 + 0.001, Date(timeIntervalSince1970: 4_102_444_800.123), Date(timeIntervalSince1970: 253_402_300_799.999)] {
+            var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
+            _ = dedup.admit(key, waiter: "e-1", now: t0)
+            _ = dedup.complete(key, with: .rateLimited(retryAt: retryAt, lastJob: job), now: t0)
+            let last = Date(milliseconds: retryAt.milliseconds - 1)
+            guard case .answered(.rateLimited(let remembered, job), .rateLimitMemory) = dedup.admit(key, waiter: "e-2", now: last) else {
+                Issue.record("answered until retry_at"); continue
+            }
+            #expect(remembered.milliseconds == retryAt.milliseconds)
+            guard case .call = dedup.admit(key, waiter: "e-3", now: Date(milliseconds: retryAt.milliseconds)) else { Issue.record("at retry_at: call"); continue }
+        }
     }
 }
