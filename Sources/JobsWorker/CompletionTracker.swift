@@ -17,23 +17,48 @@ struct CompletionTracker: Sendable {
         var memory: Duration = .seconds(86_400)
     }
 
-    /// A job awaited, in 16 bytes: its id is the table's key, and its connection a slot in
-    /// ``ConnectionTable`` (a connection has many jobs).
+    /// A job awaited, in 12 bytes: its id is the table's key, its connection a slot in
+    /// ``ConnectionTable`` (a connection has many jobs), and the rest one 64-bit word kept as
+    /// two 32-bit halves (an `Int64` field would align the entry to 8 bytes and make it 16):
+    /// the poll time in milliseconds since the Unix epoch (48 bits, until the year 10889),
+    /// the polls made (15 bits, counted up to 32,767) and whether a fetch is running.
     struct Awaited: Sendable, Hashable {
-        private var pollAtMilliseconds: Int64
+        private var high: UInt32
+        private var low: UInt32
         let connection: ConnectionTable.Slot
-        var polls: UInt16 = 0
-        /// A fetch of the job is running (a poll, or a webhook's).
-        var fetching = false
+
+        private static let timeBits: UInt64 = (1 << 48) - 1
+        private static let pollsShift: UInt64 = 48
+        private static let maxPolls: UInt64 = (1 << 15) - 1
+        private static let fetchingBit: UInt64 = 1 << 63
 
         init(connection: ConnectionTable.Slot, pollAt: Date) {
             self.connection = connection
-            self.pollAtMilliseconds = pollAt.milliseconds
+            (high, low) = (0, 0)
+            self.pollAt = pollAt
         }
 
+        private var word: UInt64 {
+            get { UInt64(high) << 32 | UInt64(low) }
+            set { (high, low) = (UInt32(truncatingIfNeeded: newValue >> 32), UInt32(truncatingIfNeeded: newValue)) }
+        }
+
+        /// When to poll, to the millisecond (times before 1970 count as 1970).
         var pollAt: Date {
-            get { Date(milliseconds: pollAtMilliseconds) }
-            set { pollAtMilliseconds = newValue.milliseconds }
+            get { Date(milliseconds: Int64(word & Self.timeBits)) }
+            set { word = word & ~Self.timeBits | UInt64(clamping: max(0, newValue.milliseconds)) & Self.timeBits }
+        }
+
+        /// Polls made; more than 32,767 count as 32,767.
+        var polls: UInt16 {
+            get { UInt16((word >> Self.pollsShift) & Self.maxPolls) }
+            set { word = word & ~(Self.maxPolls << Self.pollsShift) | min(UInt64(newValue), Self.maxPolls) << Self.pollsShift }
+        }
+
+        /// A fetch of the job is running (a poll, or a webhook's).
+        var fetching: Bool {
+            get { word & Self.fetchingBit != 0 }
+            set { word = newValue ? word | Self.fetchingBit : word & ~Self.fetchingBit }
         }
     }
 
@@ -159,7 +184,7 @@ struct CompletionTracker: Sendable {
             let id = CompactID(fetch.jobID)
             guard var job = awaited[id] else { return nil }
             job.fetching = false
-            if job.polls < .max { job.polls += 1 }
+            job.polls += 1  // counted up to 32,767
             let wait = min(configuration.pollInterval * (1 << min(Int(job.polls) - 1, 16)), configuration.maxPollInterval)
             job.pollAt = now.addingTimeInterval(wait.timeInterval)
             awaited[id] = job

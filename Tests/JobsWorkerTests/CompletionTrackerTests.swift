@@ -137,6 +137,26 @@ struct CompletionTrackerTests {
         let later = t.duePolls(now: t0.addingTimeInterval(2_000)) { _ in true }
         #expect(Set(later.map(\.connectionID)) == ["c-2", "c-3"], "a freed slot used again names the new connection")
     }
+
+    @Test("An awaited job is 12 bytes; its poll time, polls and running fetch are kept apart, exact, and polls stop counting at 32,767")
+    func awaitedPacking() {
+        #expect(MemoryLayout<CompletionTracker.Awaited>.stride == 12)
+        let times = [t0.addingTimeInterval(0.123), Date(timeIntervalSince1970: 253_402_300_799.999), Date(timeIntervalSince1970: 0)]
+        for pollAt in times {
+            var job = CompletionTracker.Awaited(connection: 7, pollAt: pollAt)
+            #expect(job.pollAt.milliseconds == pollAt.milliseconds && job.polls == 0 && !job.fetching && job.connection == 7)
+            job.fetching = true
+            job.polls = 3
+            #expect(job.pollAt.milliseconds == pollAt.milliseconds && job.polls == 3 && job.fetching)
+            job.pollAt = t0
+            job.polls = UInt16.max
+            #expect(job.pollAt == t0 && job.polls == 32_767 && job.fetching)
+            job.polls += 1
+            job.fetching = false
+            #expect(job.pollAt == t0 && job.polls == 32_767 && !job.fetching && job.connection == 7)
+        }
+        #expect(CompletionTracker.Awaited(connection: 0, pollAt: Date(timeIntervalSince1970: -5)).pollAt == Date(timeIntervalSince1970: 0), "before 1970 counts as 1970")
+    }
 }
 
 @Suite("ConnectionTable")
