@@ -9,7 +9,8 @@ import HeapModule
 ///
 /// Memory is bounded: remembered answers expire at their own deadline, and past `capacity`
 /// the answer that would expire first is evicted (never a call in flight, whose waiters must
-/// be answered). Joining a call in flight costs O(1); expiry and eviction O(log n).
+/// be answered, nor this replica's own decision, see below: this replica's calls bound both).
+/// Joining a call in flight costs O(1); expiry and eviction O(log n).
 ///
 /// With a decision log, it also knows which keys' newest record in the log is this
 /// replica's own decision: that record is this replica's to clear (a tombstone carrying its
@@ -82,8 +83,12 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     private var deadlines = Heap<Deadline>()
     /// Deadlines of own decisions.
     private var ownDeadlines = Heap<OwnDeadline>()
+    /// The most entries ``ownDeadlines`` held since it was last rebuilt: its storage keeps
+    /// that size as it empties.
+    private var ownDeadlinesPeak = 0
     /// Own decisions whose answer left memory before their expiry's tombstone was written
-    /// (expired before the tick, evicted, or replaced by an answer that is not own), until when.
+    /// (expired before the tick, cleared by another replica's tombstone, or replaced by an
+    /// answer that is not own), until when.
     private var ownForgotten: [KeyFingerprint: Int64] = [:]
     /// Keys another replica is calling Finch for (from the decision log), until when. While
     /// a key is here and in ``inFlight``, its waiters wait for that replica's decision.
@@ -196,8 +201,9 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     package mutating func complete(_ key: JobKey, with answer: JobAnswer, now: Date, own: Bool = false) -> [Waiter] {
         let waiters = inFlight.removeValue(forKey: key) ?? []
         let fingerprint = KeyFingerprint(key)
-        // An older memory of the key (only expired ones can be left) goes first, side table
-        // entry included, so it cannot take the new answer's entry with it.
+        // An older memory of the key goes first, side table entry included, so it cannot take
+        // the new answer's entry with it. (Only an expired one can be left while the key was
+        // in flight; a live own decision it forgets keeps its tombstone, see ``forget``.)
         if remembered[fingerprint] != nil { forget(fingerprint) }
         switch answer {
         case .created(let job), .reused(let job):
@@ -273,8 +279,7 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
             remembered[fingerprint]!.own = true  // its entry in `deadlines` is now stale
             ownRemembered += 1
         }
-        ownDeadlines.insert(OwnDeadline(untilMilliseconds: memory.untilMilliseconds, key: CompactJobKey(key)))
-        compactOwnDeadlinesIfStale()
+        insertOwnDeadline(OwnDeadline(untilMilliseconds: memory.untilMilliseconds, key: CompactJobKey(key)))
     }
 
     /// Whether `deadline` is still its key's own decision; if so it is taken (its answer
@@ -326,6 +331,9 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         if ownForgotten.capacity > 1_024, ownForgotten.count < ownForgotten.capacity / 4 {
             ownForgotten = Dictionary(uniqueKeysWithValues: ownForgotten.map { ($0.key, $0.value) })
         }
+        // A burst of own decisions gone: their heap's storage is rebuilt small too, whether or
+        // not the answers' table shrank (other replicas' answers may keep it full).
+        if ownDeadlinesPeak > 1_024, ownDeadlines.count < ownDeadlinesPeak / 4 { compactOwnDeadlines() }
         return expiredOwn
     }
 
@@ -336,8 +344,7 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         if let ownKey {
             ownRemembered += 1
             if !ownForgotten.isEmpty { ownForgotten[fingerprint] = nil }
-            ownDeadlines.insert(OwnDeadline(untilMilliseconds: memory.untilMilliseconds, key: CompactJobKey(ownKey)))
-            compactOwnDeadlinesIfStale()
+            insertOwnDeadline(OwnDeadline(untilMilliseconds: memory.untilMilliseconds, key: CompactJobKey(ownKey)))
         } else {
             deadlines.insert(Deadline(untilMilliseconds: memory.untilMilliseconds, key: fingerprint))
         }
@@ -371,17 +378,23 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
 
     /// Stale own deadlines (keys disowned or decided again since) are bounded by the live
     /// ones: O(1) an insert, amortized.
-    private mutating func compactOwnDeadlinesIfStale() {
+    private mutating func insertOwnDeadline(_ deadline: OwnDeadline) {
+        ownDeadlines.insert(deadline)
+        ownDeadlinesPeak = max(ownDeadlinesPeak, ownDeadlines.count)
         if ownDeadlines.count > 2 * ownDecisions + 1_024 { compactOwnDeadlines() }
     }
 
-    /// Keeps one deadline per own decision, the one that is still its.
+    /// Slots the own decisions' deadlines hold (memory held, used or not).
+    package var ownDeadlinesCapacity: Int { ownDeadlines.unordered.capacity }
+
+    /// Keeps one deadline per own decision, the one that is still its, in storage of that size.
     private mutating func compactOwnDeadlines() {
         var kept = Set<KeyFingerprint>(minimumCapacity: ownDecisions)
         ownDeadlines = Heap(ownDeadlines.unordered.filter { deadline in
             let fingerprint = KeyFingerprint(deadline.key.key)
             return isOwnDecision(deadline, fingerprint: fingerprint) && kept.insert(fingerprint).inserted
         })
+        ownDeadlinesPeak = ownDeadlines.count
     }
 }
 

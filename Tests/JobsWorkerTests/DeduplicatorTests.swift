@@ -282,4 +282,137 @@ struct DeduplicatorTests {
             guard case .call = dedup.admit(key, waiter: "e-3", now: Date(milliseconds: retryAt.milliseconds)) else { Issue.record("at retry_at: call"); continue }
         }
     }
+
+    @Test("An own answer cleared by another replica's tombstone before the tick still gets this replica's tombstone, once, with its expiry")
+    func ownDecisionClearedElsewhere() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100)
+        decide(&dedup, w4, .created(job), now: t0, own: true)
+        let needsCall = dedup.restoreCleared(w4, expired: t0 + 61)
+        #expect(!needsCall, "no events wait for the key")
+        guard case .call = dedup.admit(w4, waiter: "late", now: t0 + 62) else { Issue.record("forgotten: a call"); return }
+        let expired = dedup.expire(now: t0 + 62)
+        #expect(expired.map(\.key) == [w4] && expired.map(\.expired) == [t0 + 60])
+        #expect(dedup.expire(now: t0 + 200).isEmpty && dedup.ownDecisions == 0)
+    }
+
+    @Test("After a burst of own decisions expires, their deadlines' storage is rebuilt small though other answers keep the table full")
+    func ownDeadlinesShrinkAfterBurst() {
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 100_000)
+        for n in 0..<4_000 {
+            decide(&dedup, JobKey(connectionID: "other-\(n)", individualID: nil), .rateLimited(retryAt: t0 + 3_600, lastJob: nil), now: t0, own: false)
+        }
+        for n in 0..<5_000 { decide(&dedup, JobKey(connectionID: "own-\(n)", individualID: nil), .created(job), now: t0, own: true) }
+        #expect(dedup.ownDeadlinesCapacity >= 5_000)
+        let capacity = dedup.rememberedCapacity
+        #expect(dedup.expire(now: t0 + 60).count == 5_000)
+        #expect(dedup.rememberedCapacity == capacity, "the answers' table kept its size: 4,000 answers are left")
+        #expect(dedup.ownDeadlinesCapacity < 1_024)
+    }
+
+    /// The tombstones a replica owes, as the worker kept them before they were marks on the
+    /// deduplicator's answers: each key's newest own decision's expiry, and a heap of expiries.
+    private struct OwnDecisionsModel {
+        var until: [JobKey: Int64] = [:]
+        var expiries: [(until: Int64, key: JobKey)] = []
+
+        mutating func insert(_ key: JobKey, until date: Date) { insert(key, milliseconds: date.milliseconds) }
+
+        mutating func insert(_ key: JobKey, milliseconds: Int64) {
+            until[key] = milliseconds
+            expiries.append((milliseconds, key))
+        }
+
+        mutating func remove(_ key: JobKey) { until[key] = nil }
+
+        mutating func expire(now: Date) -> [String] {
+            let due = expiries.filter { $0.until <= now.milliseconds }
+            expiries.removeAll { $0.until <= now.milliseconds }
+            var expired: [String] = []
+            for (deadline, key) in due.sorted(by: { $0.until < $1.until }) where until[key] == deadline {
+                until[key] = nil
+                expired.append("\(key)@\(Date(milliseconds: deadline).timeIntervalSince1970)")
+            }
+            return expired.sorted()
+        }
+    }
+
+    @Test("Random sequences of every input write the same tombstones, each once with the same expiry, as the table of own decisions did", arguments: 0..<40)
+    func ownDecisionsMatchTheModel(seed: UInt64) {
+        var random = SplitMix64(seed: seed)
+        var dedup = Deduplicator<String>(reuseWindow: .seconds(60), capacity: 2)
+        var model = OwnDecisionsModel()
+        let keys = (0..<5).map { JobKey(connectionID: "c-\($0 % 3)", individualID: $0 < 3 ? nil : "i-\($0)") }
+        var now = t0
+        for step in 0..<400 {
+            now += Double(random.next() % 20_000) / 1_000
+            let key = keys[Int(random.next() % UInt64(keys.count))]
+            let later = { (range: UInt64) in now + Double(random.next() % range) / 1_000 }
+            switch random.next() % 9 {
+            case 0, 1:
+                _ = dedup.admit(key, waiter: "e-\(step)", now: now)
+            case 2:
+                // A call of this replica's finished (callFinished): a job, a quota 429 or a failure.
+                let own = random.next() % 4 != 0
+                let answer: JobAnswer = switch random.next() % 3 {
+                case 0: .created(job)
+                case 1: .rateLimited(retryAt: later(120_000), lastJob: random.next() % 2 == 0 ? job : nil)
+                default: .failed(.retriesExhausted, message: "x")
+                }
+                _ = dedup.complete(key, with: answer, now: now, own: own)
+                if own {
+                    switch answer {
+                    case .created: model.insert(key, until: now.addingTimeInterval(60))
+                    case .rateLimited(let retryAt, _) where retryAt > now: model.insert(key, until: retryAt)
+                    default: break
+                    }
+                }
+            case 3:
+                // A retry about to start (attemptStarting): answered meanwhile, or the call goes on.
+                let own = random.next() % 2 == 0
+                if let answered = dedup.answeredMeanwhile(key, now: now, own: own) {
+                    // The answer's expiry to the millisecond (a Date made from milliseconds).
+                    if own { model.insert(key, milliseconds: Int64((answered.until.timeIntervalSince1970 * 1_000).rounded())) }
+                } else {
+                    dedup.disown(key)
+                    model.remove(key)
+                }
+            case 4:
+                // Another replica's decision, read from the log.
+                dedup.disown(key)
+                model.remove(key)
+                _ = dedup.restoreDecision(key, answer: .reused(job), until: later(120_000) - 10, now: now)
+            case 5:
+                dedup.disown(key)
+                model.remove(key)
+                dedup.restoreCallElsewhere(key, until: later(30_000), now: now)
+            case 6:
+                _ = dedup.restoreCleared(key, expired: random.next() % 2 == 0 ? nil : later(60_000) - 30)
+            case 7:
+                _ = dedup.expireCallsElsewhere(now: now)
+            default:
+                let expired = dedup.expire(now: now).map { "\($0.key)@\($0.expired.timeIntervalSince1970)" }.sorted()
+                let expected = model.expire(now: now)
+                #expect(expired == expected, "step \(step)")
+                if expired != expected { return }
+            }
+        }
+        let end = now + 1_000
+        let last = dedup.expire(now: end).map { "\($0.key)@\($0.expired.timeIntervalSince1970)" }.sorted()
+        let expectedLast = model.expire(now: end)
+        #expect(last == expectedLast)
+        #expect(dedup.ownDecisions == 0)
+    }
+}
+
+/// A small seeded generator, so that a failing sequence can be run again.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }
