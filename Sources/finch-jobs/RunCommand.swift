@@ -118,7 +118,7 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "Largest event value accepted; larger ones go to the dead-letter topic. (env FINCH_JOBS_MAX_EVENT_BYTES)")
     var maxEventBytes: Int = 65_536
 
-    @Option(help: "Most answers remembered for deduplication; beyond it the one expiring first is evicted. (env FINCH_JOBS_DEDUP_CAPACITY)")
+    @Option(help: "Most answers remembered for deduplication; beyond it the one expiring first is evicted (this replica's own decisions, whose log records it clears at expiry, are not counted). (env FINCH_JOBS_DEDUP_CAPACITY)")
     var dedupCapacity: Int = 100_000
 
     @Option(help: "How long revoked partitions may finish their work before they are released. (env FINCH_JOBS_REVOKE_TIMEOUT)")
