@@ -1,5 +1,6 @@
 import Foundation
 import Kafka
+import Synchronization
 import TestSupport
 import Testing
 
@@ -166,6 +167,7 @@ struct KafkaRoundTripTests {
         let topic = uniqueName("race-close")
         try cluster.createTopic(topic, partitions: 2)
         let producer = try cluster.producer()
+        let acknowledged = AcknowledgedCount()
         let outcomes = try await withThrowingTaskGroup(of: (sent: Int, closed: Int, other: Int).self) { group in
             for sender in 0..<8 {
                 group.addTask {
@@ -174,6 +176,7 @@ struct KafkaRoundTripTests {
                         do {
                             _ = try await producer.send(KafkaProducerRecord(topic: topic, key: nil, value: Array("\(sender)-\(sent)".utf8)))
                             sent += 1
+                            acknowledged.value.add(1, ordering: .relaxed)
                         } catch let error as KafkaError where error.code == .closed {
                             closed += 1
                         } catch {
@@ -183,7 +186,12 @@ struct KafkaRoundTripTests {
                     return (sent, closed, other)
                 }
             }
-            try await waitUntil("records flowing") { producer.outstandingCount > 0 }
+            // Acknowledgements coming back and more records queued behind them: the close
+            // meets sends in flight. (Closing at the first queued record could come before the
+            // topic's leader was known, and then no send at all would be acknowledged.)
+            try await waitUntil("records acknowledged and more queued") {
+                acknowledged.value.load(ordering: .relaxed) > 0 && producer.outstandingCount > 0
+            }
             producer.close(timeout: .milliseconds(50))
             return try await group.reduce(into: [(sent: Int, closed: Int, other: Int)]()) { $0.append($1) }
         }
@@ -230,4 +238,9 @@ struct KafkaRoundTripTests {
         }
         #expect(managed?.message.contains("enable.auto.offset.store") == true)
     }
+}
+
+/// Sends acknowledged so far, shared by the sending tasks and the test.
+private final class AcknowledgedCount: Sendable {
+    let value = Atomic(0)
 }
