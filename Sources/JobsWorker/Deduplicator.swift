@@ -262,6 +262,8 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     /// replica's record, or this replica's in-flight record for a new call, supersedes it):
     /// its expiry writes no tombstone, which would clear the newer record.
     package mutating func disown(_ key: JobKey) {
+        // Without a decision log there is nothing to disown, and no key to hash for it.
+        guard ownRemembered > 0 || !ownForgotten.isEmpty else { return }
         let fingerprint = KeyFingerprint(key)
         if !ownForgotten.isEmpty { ownForgotten[fingerprint] = nil }
         guard ownRemembered > 0, let memory = remembered[fingerprint], memory.own else { return }
