@@ -276,31 +276,33 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
     package var ownDecisions: Int { ownRemembered + ownForgotten.count }
 
     private mutating func markOwn(_ fingerprint: KeyFingerprint, key: JobKey, memory: Remembered) {
-        if !ownForgotten.isEmpty { ownForgotten[fingerprint] = nil }
         if !memory.own {
             remembered[fingerprint]!.own = true  // its entry in `deadlines` is now stale
             ownRemembered += 1
         }
-        insertOwnDeadline(OwnDeadline(untilMilliseconds: memory.untilMilliseconds, key: CompactJobKey(key)))
+        ownDecisionStarts(fingerprint, key: key, until: memory.untilMilliseconds)
     }
 
-    /// Whether `deadline` is still its key's own decision; if so it is taken (its answer
-    /// dropped from memory, whose deadline it is too), and its tombstone is the caller's to write.
-    private mutating func takeOwnDecision(_ deadline: OwnDeadline, fingerprint: KeyFingerprint) -> Bool {
-        if let memory = remembered[fingerprint], memory.own, memory.untilMilliseconds == deadline.untilMilliseconds {
-            drop(fingerprint)
-            return true
-        }
-        if ownForgotten[fingerprint] == deadline.untilMilliseconds {
-            ownForgotten[fingerprint] = nil
-            return true
-        }
-        return false
+    /// The remembered answer for `fingerprint`, marked own, is the key's own decision now:
+    /// one written before and forgotten is superseded, and the new one's deadline is kept.
+    private mutating func ownDecisionStarts(_ fingerprint: KeyFingerprint, key: JobKey, until: Int64) {
+        if !ownForgotten.isEmpty { ownForgotten[fingerprint] = nil }
+        insertOwnDeadline(OwnDeadline(untilMilliseconds: until, key: CompactJobKey(key)))
     }
 
+    /// Whether `deadline` is still its key's own decision: the remembered answer's, or one
+    /// forgotten early (never both, see ``forget``).
     private func isOwnDecision(_ deadline: OwnDeadline, fingerprint: KeyFingerprint) -> Bool {
         if let memory = remembered[fingerprint], memory.own, memory.untilMilliseconds == deadline.untilMilliseconds { return true }
         return ownForgotten[fingerprint] == deadline.untilMilliseconds
+    }
+
+    /// Takes `deadline`'s own decision if it still is one (its answer is dropped from memory,
+    /// whose deadline it is too): its tombstone is the caller's to write.
+    private mutating func takeOwnDecision(_ deadline: OwnDeadline, fingerprint: KeyFingerprint) -> Bool {
+        guard isOwnDecision(deadline, fingerprint: fingerprint) else { return false }
+        if ownForgotten.removeValue(forKey: fingerprint) == nil { drop(fingerprint) }
+        return true
     }
 
     // MARK: - Expiry and memory
@@ -345,8 +347,7 @@ package struct Deduplicator<Waiter: Sendable>: Sendable {
         remembered[fingerprint] = memory
         if let ownKey {
             ownRemembered += 1
-            if !ownForgotten.isEmpty { ownForgotten[fingerprint] = nil }
-            insertOwnDeadline(OwnDeadline(untilMilliseconds: memory.untilMilliseconds, key: CompactJobKey(ownKey)))
+            ownDecisionStarts(fingerprint, key: ownKey, until: memory.untilMilliseconds)
         } else {
             deadlines.insert(Deadline(untilMilliseconds: memory.untilMilliseconds, key: fingerprint))
         }

@@ -261,6 +261,7 @@ struct DeduplicatorTests {
             }
         }
         #expect(dedup.ownDecisions == 1_000)
+        #expect(dedup.ownDeadlinesCapacity < 8_192, "30,000 deadlines were inserted; the superseded ones were dropped on the way")
         let last = t0 + TimeInterval(61 * 29 + 60)
         #expect(dedup.expire(now: last - 1).isEmpty, "the superseded decisions expire without tombstones")
         let expired = dedup.expire(now: last)
